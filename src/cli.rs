@@ -1,0 +1,94 @@
+//! The command line: `walshift [--config FILE] <command>`.
+//!
+//! Each doc comment here is the `--help` text.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::lsn::Lsn;
+
+/// Zero-downtime Postgres table migrations through logical replication.
+#[derive(Debug, Parser)]
+#[command(name = "walshift", version, about, long_about = None)]
+pub struct Cli {
+    /// Configuration file (TOML).
+    #[arg(short, long, global = true, env = "WALSHIFT_CONFIG", default_value = "walshift.toml")]
+    pub config: PathBuf,
+
+    /// Log filter, e.g. `info` or `walshift=debug` (overrides `[log] level`).
+    #[arg(long, global = true, env = "WALSHIFT_LOG")]
+    pub log_level: Option<String>,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The operations.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check the source and create the publication, the replication slot and
+    /// walshift's state schema on the target. Idempotent; creates nothing if
+    /// a check fails.
+    Setup,
+    /// Drop the replication slot, the publication and the state schema.
+    /// Without --yes, only lists what would be dropped.
+    Teardown(TeardownArgs),
+    /// Print decoded changes from the slot as JSON lines.
+    Tail(TailArgs),
+}
+
+/// Arguments of `teardown`.
+#[derive(Debug, clap::Args)]
+pub struct TeardownArgs {
+    /// Really drop (otherwise list what would be dropped and exit non-zero).
+    #[arg(long)]
+    pub yes: bool,
+}
+
+/// Arguments of `tail`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TailArgs {
+    /// Also print begin, commit, relation, truncate and logical-message events.
+    #[arg(long)]
+    pub all: bool,
+
+    /// Do not acknowledge anything: the slot does not advance, so the same
+    /// changes can be read again.
+    #[arg(long)]
+    pub no_ack: bool,
+
+    /// Stop once this WAL position is reached (like `pg_recvlogical --endpos`):
+    /// transactions whose commit starts at or after it are not printed.
+    #[arg(long, value_name = "LSN")]
+    pub endpos: Option<Lsn>,
+
+    /// Start from this position instead of the slot's confirmed position
+    /// (the server never goes back before the confirmed position).
+    #[arg(long, value_name = "LSN")]
+    pub start_lsn: Option<Lsn>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn parses_tail_flags() {
+        let cli = Cli::try_parse_from([
+            "walshift", "-c", "x.toml", "tail", "--all", "--no-ack", "--endpos", "0/16B3748",
+        ])
+        .unwrap();
+        let Command::Tail(args) = cli.command else { panic!("expected tail") };
+        assert!(args.all && args.no_ack);
+        assert_eq!(args.endpos, Some("0/16B3748".parse().unwrap()));
+        assert!(Cli::try_parse_from(["walshift", "tail", "--endpos", "nope"]).is_err());
+    }
+}

@@ -1,0 +1,6 @@
+//! One module per CLI command. Each takes a validated config and returns
+//! `Result<_, crate::error::Error>`; `main.rs` maps errors to exit codes.
+
+pub mod setup;
+pub mod tail;
+pub mod teardown;

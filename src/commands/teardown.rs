@@ -1,0 +1,164 @@
+//! `walshift teardown`: drop the slot, the publication and walshift's state.
+//!
+//! A forgotten logical slot pins WAL on the source forever, so this must be
+//! easy — and safe: without `--yes` it only lists what it would drop (and how
+//! much WAL the slot retains) and exits non-zero. The user's own tables are
+//! never touched. The state schema is shared by every migration using the
+//! target, so only this migration's rows are deleted, and the schema itself
+//! is dropped when no other migration is registered in it.
+
+use std::io::Write;
+
+use postgres_protocol::escape::escape_identifier;
+use tokio_postgres::Client;
+
+use crate::config::ValidatedConfig;
+use crate::error::Error;
+use crate::pg::catalog;
+use crate::pg::client::{self, SessionLimits};
+use crate::pg::migrate;
+
+/// What exists and would be dropped.
+#[derive(Debug, Default)]
+struct Inventory {
+    slot: Option<catalog::SlotInfo>,
+    publication: bool,
+    state_schema: bool,
+    other_migrations: i64,
+}
+
+/// Lists, and with `yes` drops, walshift's objects. Prints to `out`.
+pub async fn run(cfg: &ValidatedConfig, yes: bool, out: &mut dyn Write) -> Result<(), Error> {
+    let source = client::connect(&cfg.source.url, "teardown", SessionLimits::ADMIN).await?;
+    let target = client::connect(&cfg.target.url, "teardown", SessionLimits::ADMIN).await?;
+    let inventory = inventory(cfg, &source, &target).await?;
+    let slot_name = &cfg.source.slot;
+    let publication = &cfg.source.publication;
+
+    let mut lines = Vec::new();
+    if let Some(slot) = &inventory.slot {
+        let retained = slot.retained_wal_bytes.map(format_bytes).unwrap_or_else(|| "no".into());
+        let active = slot.active_pid.map(|pid| format!(", in use by pid {pid}")).unwrap_or_default();
+        lines.push(format!("replication slot {slot_name} on the source (retains {retained} of WAL{active})"));
+    }
+    if inventory.publication {
+        lines.push(format!("publication {publication} on the source"));
+    }
+    if inventory.state_schema {
+        if inventory.other_migrations > 0 {
+            lines.push(format!(
+                "state of migration {} in schema {} on the target (the schema stays: {} other migration(s) use it)",
+                cfg.migration_name, migrate::STATE_SCHEMA, inventory.other_migrations
+            ));
+        } else {
+            lines.push(format!("schema {} (walshift state) on the target", migrate::STATE_SCHEMA));
+        }
+    }
+    let write_err = Error::Output;
+    if lines.is_empty() {
+        writeln!(out, "nothing to drop: no slot, publication or state schema of migration {}", cfg.migration_name)
+            .map_err(write_err)?;
+        return Ok(());
+    }
+    if !yes {
+        writeln!(out, "would drop:").map_err(write_err)?;
+        for line in &lines {
+            writeln!(out, "  - {line}").map_err(write_err)?;
+        }
+        return Err(Error::ConfirmationRequired);
+    }
+
+    if let Some(slot) = &inventory.slot
+        && let Some(pid) = slot.active_pid
+    {
+        return Err(Error::Precondition(format!(
+            "replication slot {slot_name} is in use by process {pid} (is walshift still running?): stop it first; nothing was dropped"
+        )));
+    }
+    if inventory.slot.is_some() {
+        source
+            .execute("select pg_drop_replication_slot($1)", &[slot_name])
+            .await
+            .map_err(Error::sql(format!("dropping replication slot {slot_name}")))?;
+        writeln!(out, "dropped replication slot {slot_name}").map_err(write_err)?;
+    }
+    if inventory.publication {
+        source
+            .batch_execute(&format!("drop publication if exists {}", escape_identifier(publication)))
+            .await
+            .map_err(Error::sql(format!("dropping publication {publication}")))?;
+        writeln!(out, "dropped publication {publication}").map_err(write_err)?;
+    }
+    if inventory.state_schema {
+        drop_state(cfg, &target, inventory.other_migrations, out).await?;
+    }
+    Ok(())
+}
+
+async fn drop_state(
+    cfg: &ValidatedConfig,
+    target: &Client,
+    other_migrations: i64,
+    out: &mut dyn Write,
+) -> Result<(), Error> {
+    if other_migrations > 0 {
+        target
+            .execute("delete from walshift.migrations where name = $1", &[&cfg.migration_name])
+            .await
+            .map_err(Error::sql("deleting this migration's state"))?;
+        writeln!(out, "deleted the state of migration {}", cfg.migration_name).map_err(Error::Output)?;
+    } else {
+        target
+            .batch_execute(&format!("drop schema if exists {} cascade", escape_identifier(migrate::STATE_SCHEMA)))
+            .await
+            .map_err(Error::sql("dropping the state schema"))?;
+        writeln!(out, "dropped schema {}", migrate::STATE_SCHEMA).map_err(Error::Output)?;
+    }
+    Ok(())
+}
+
+async fn inventory(cfg: &ValidatedConfig, source: &Client, target: &Client) -> Result<Inventory, Error> {
+    let ctx = "listing walshift's objects";
+    let slot = catalog::slot_info(source, &cfg.source.slot).await.map_err(Error::sql(ctx))?;
+    let publication =
+        catalog::publication_info(source, &cfg.source.publication).await.map_err(Error::sql(ctx))?.is_some();
+    let state_schema = migrate::state_schema_exists(target).await.map_err(Error::sql(ctx))?;
+    let other_migrations = if state_schema {
+        target
+            .query_one(
+                "select count(*) from walshift.migrations where name <> $1",
+                &[&cfg.migration_name],
+            )
+            .await
+            .and_then(|row| row.try_get(0))
+            .unwrap_or(0)
+    } else {
+        0
+    };
+    Ok(Inventory { slot, publication, state_schema, other_migrations })
+}
+
+/// `1.5 GiB`-style sizes for humans.
+pub fn format_bytes(bytes: i64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value.abs() >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{bytes} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_sizes() {
+        assert_eq!(format_bytes(0), "0 B");
+        assert_eq!(format_bytes(1023), "1023 B");
+        assert_eq!(format_bytes(16 * 1024 * 1024), "16.0 MiB");
+        assert_eq!(format_bytes(3 * 1024 * 1024 * 1024 / 2), "1.5 GiB");
+    }
+}

@@ -1,0 +1,76 @@
+//! The `walshift` binary: parse the command line, load the config, run the
+//! command, map the outcome to an exit code. Synchronous set-up (config,
+//! logging) happens before the async runtime is built.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use walshift::cli::{Cli, Command};
+use walshift::commands::{self, setup::Outcome};
+use walshift::config::{Config, ValidatedConfig};
+use walshift::error::{self, Error};
+use walshift::runtime::shutdown;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    walshift::telemetry::init(cli.log_level.as_deref());
+    match try_main(cli) {
+        Ok(code) => code.into(),
+        Err(err) => {
+            eprintln!("error: {}", error::display_chain(&err));
+            err.exit_code().into()
+        }
+    }
+}
+
+fn load_config(cli: &Cli) -> Result<ValidatedConfig, Error> {
+    Ok(Config::load(&cli.config)?.validate()?)
+}
+
+fn try_main(cli: Cli) -> Result<error::ExitCode, Error> {
+    let cfg = load_config(&cli)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(Error::Runtime)?;
+    runtime.block_on(async move {
+        match &cli.command {
+            Command::Setup => {
+                let report = commands::setup::run(&cfg).await?;
+                let word = |o: Outcome| match o {
+                    Outcome::Created => "created",
+                    Outcome::Existed => "exists",
+                };
+                println!("publication {}: {}", cfg.source.publication, word(report.publication));
+                println!("replication slot {}: {}", cfg.source.slot, word(report.slot));
+                println!(
+                    "state schema {}: {}",
+                    walshift::pg::migrate::STATE_SCHEMA,
+                    if report.migrations_applied > 0 { "migrated" } else { "up to date" }
+                );
+                println!("setup complete for migration {}", cfg.migration_name);
+                Ok(error::ExitCode::Success)
+            }
+            Command::Teardown(args) => {
+                let mut stdout = std::io::stdout();
+                commands::teardown::run(&cfg, args.yes, &mut stdout).await?;
+                Ok(error::ExitCode::Success)
+            }
+            Command::Tail(args) => {
+                let shutdown = shutdown::on_signals();
+                let mut stdout = std::io::stdout();
+                let (end, summary) = commands::tail::run(&cfg, args, shutdown, &mut stdout).await?;
+                tracing::info!(
+                    rows = summary.rows,
+                    transactions = summary.transactions,
+                    reconnects = summary.reconnects,
+                    "tail stopped"
+                );
+                // Like pg_recvlogical, a signal is the normal way to stop tail.
+                tracing::debug!(?end, "tail ended");
+                Ok(error::ExitCode::Success)
+            }
+        }
+    })
+}

@@ -1,0 +1,247 @@
+//! Catalog introspection of the source: settings, tables and their keys,
+//! replication slots and publications. Names are always bound parameters.
+
+use tokio_postgres::Client;
+
+use crate::lsn::Lsn;
+use crate::pg::sql::QualifiedName;
+
+/// A column of a table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnInfo {
+    /// Column name.
+    pub name: String,
+    /// `format_type` of its type, e.g. `numeric(20,6)`.
+    pub type_name: String,
+    /// Whether it is declared `NOT NULL`.
+    pub not_null: bool,
+}
+
+/// What `REPLICA IDENTITY` a table has (`pg_class.relreplident`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplicaIdentity {
+    /// `DEFAULT`: the primary key, if there is one.
+    Default,
+    /// `NOTHING`: updates and deletes carry no old key.
+    Nothing,
+    /// `FULL`: the whole old row.
+    Full,
+    /// `USING INDEX`: the columns of a unique index.
+    Index,
+}
+
+/// A table as the catalog describes it.
+#[derive(Debug, Clone)]
+pub struct TableInfo {
+    /// `pg_class.oid`.
+    pub oid: u32,
+    /// `pg_class.relkind` (`r` table, `p` partitioned table, ...).
+    pub relkind: char,
+    /// Its replica identity setting.
+    pub replica_identity: ReplicaIdentity,
+    /// Primary-key columns in key order, if it has a primary key.
+    pub primary_key: Option<Vec<String>>,
+    /// Columns of the `REPLICA IDENTITY USING INDEX` index, if set.
+    pub identity_index: Option<Vec<String>>,
+    /// Live columns in `attnum` order.
+    pub columns: Vec<ColumnInfo>,
+    /// `pg_class.reltuples` (planner estimate; -1 when never analyzed).
+    pub estimated_rows: f64,
+}
+
+impl TableInfo {
+    /// The columns pgoutput sends as the old key of UPDATE/DELETE, or `None`
+    /// for `FULL` (every column) and for a table without usable identity.
+    pub fn identity_columns(&self) -> Option<&[String]> {
+        match self.replica_identity {
+            ReplicaIdentity::Default => self.primary_key.as_deref(),
+            ReplicaIdentity::Index => self.identity_index.as_deref(),
+            ReplicaIdentity::Full | ReplicaIdentity::Nothing => None,
+        }
+    }
+
+    /// Whether UPDATE and DELETE can be replicated at all.
+    pub fn has_usable_identity(&self) -> bool {
+        match self.replica_identity {
+            ReplicaIdentity::Full => true,
+            ReplicaIdentity::Nothing => false,
+            _ => self.identity_columns().is_some(),
+        }
+    }
+}
+
+/// The value of a server setting (`current_setting`).
+pub async fn setting(client: &Client, name: &str) -> Result<String, tokio_postgres::Error> {
+    let row = client.query_one("select current_setting($1)", &[&name]).await?;
+    row.try_get(0)
+}
+
+/// Looks a table up; `None` if it does not exist.
+pub async fn table_info(
+    client: &Client,
+    table: &QualifiedName,
+) -> Result<Option<TableInfo>, tokio_postgres::Error> {
+    let row = client
+        .query_opt(
+            "select c.oid, c.relkind::text, c.relreplident::text, c.reltuples::float8 \
+             from pg_class c join pg_namespace n on n.oid = c.relnamespace \
+             where n.nspname = $1 and c.relname = $2",
+            &[&table.raw_schema(), &table.raw_name()],
+        )
+        .await?;
+    let Some(row) = row else { return Ok(None) };
+    let oid: u32 = row.try_get(0)?;
+    let relkind: String = row.try_get(1)?;
+    let replident: String = row.try_get(2)?;
+    let estimated_rows: f64 = row.try_get(3)?;
+    let replica_identity = match replident.as_str() {
+        "n" => ReplicaIdentity::Nothing,
+        "f" => ReplicaIdentity::Full,
+        "i" => ReplicaIdentity::Index,
+        _ => ReplicaIdentity::Default,
+    };
+    let index_columns = |flag: &'static str| {
+        let sql = format!(
+            "select a.attname::text from pg_index i \
+             join pg_attribute a on a.attrelid = i.indrelid and a.attnum = any(i.indkey) \
+             where i.indrelid = $1 and i.{flag} \
+             order by array_position(i.indkey::int2[], a.attnum)"
+        );
+        async move {
+            let rows = client.query(&sql, &[&oid]).await?;
+            let cols = rows.iter().map(|r| r.try_get(0)).collect::<Result<Vec<String>, _>>()?;
+            Ok::<_, tokio_postgres::Error>(if cols.is_empty() { None } else { Some(cols) })
+        }
+    };
+    let primary_key = index_columns("indisprimary").await?;
+    let identity_index = index_columns("indisreplident").await?;
+    let columns = client
+        .query(
+            "select attname::text, format_type(atttypid, atttypmod), attnotnull \
+             from pg_attribute where attrelid = $1 and attnum > 0 and not attisdropped \
+             order by attnum",
+            &[&oid],
+        )
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(ColumnInfo { name: r.try_get(0)?, type_name: r.try_get(1)?, not_null: r.try_get(2)? })
+        })
+        .collect::<Result<Vec<_>, tokio_postgres::Error>>()?;
+    Ok(Some(TableInfo {
+        oid,
+        relkind: relkind.chars().next().unwrap_or('?'),
+        replica_identity,
+        primary_key,
+        identity_index,
+        columns,
+        estimated_rows,
+    }))
+}
+
+/// A replication slot as `pg_replication_slots` shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SlotInfo {
+    /// Slot name.
+    pub name: String,
+    /// Output plugin (`None` for physical slots).
+    pub plugin: Option<String>,
+    /// Database of a logical slot.
+    pub database: Option<String>,
+    /// Whether it is temporary.
+    pub temporary: bool,
+    /// Walsender process using it, if any.
+    pub active_pid: Option<i32>,
+    /// How far the consumer confirmed.
+    pub confirmed_flush_lsn: Option<Lsn>,
+    /// WAL the slot keeps from being recycled, in bytes.
+    pub retained_wal_bytes: Option<i64>,
+}
+
+/// Looks a replication slot up by name.
+pub async fn slot_info(
+    client: &Client,
+    name: &str,
+) -> Result<Option<SlotInfo>, tokio_postgres::Error> {
+    let row = client
+        .query_opt(
+            "select slot_name::text, plugin::text, database::text, temporary, active_pid, \
+             confirmed_flush_lsn::text, \
+             pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::int8 \
+             from pg_replication_slots where slot_name = $1",
+            &[&name],
+        )
+        .await?;
+    let Some(row) = row else { return Ok(None) };
+    let confirmed: Option<String> = row.try_get(5)?;
+    Ok(Some(SlotInfo {
+        name: row.try_get(0)?,
+        plugin: row.try_get(1)?,
+        database: row.try_get(2)?,
+        temporary: row.try_get(3)?,
+        active_pid: row.try_get(4)?,
+        confirmed_flush_lsn: confirmed.and_then(|s| s.parse().ok()),
+        retained_wal_bytes: row.try_get(6)?,
+    }))
+}
+
+/// Slots in use and `max_replication_slots`.
+pub async fn slot_capacity(client: &Client) -> Result<(i64, i64), tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "select (select count(*) from pg_replication_slots), \
+             current_setting('max_replication_slots')::int8",
+            &[],
+        )
+        .await?;
+    Ok((row.try_get(0)?, row.try_get(1)?))
+}
+
+/// A publication and what it covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicationInfo {
+    /// `FOR ALL TABLES`.
+    pub all_tables: bool,
+    /// Tables it publishes, as (schema, table).
+    pub tables: Vec<(String, String)>,
+    /// Whether it publishes INSERT, UPDATE, DELETE, TRUNCATE.
+    pub operations: [bool; 4],
+}
+
+impl PublicationInfo {
+    /// Whether `table` is published.
+    pub fn covers(&self, table: &QualifiedName) -> bool {
+        self.all_tables
+            || self.tables.iter().any(|(s, t)| s == table.raw_schema() && t == table.raw_name())
+    }
+}
+
+/// Looks a publication up in the connected database.
+pub async fn publication_info(
+    client: &Client,
+    name: &str,
+) -> Result<Option<PublicationInfo>, tokio_postgres::Error> {
+    let row = client
+        .query_opt(
+            "select puballtables, pubinsert, pubupdate, pubdelete, pubtruncate \
+             from pg_publication where pubname = $1",
+            &[&name],
+        )
+        .await?;
+    let Some(row) = row else { return Ok(None) };
+    let tables = client
+        .query(
+            "select schemaname::text, tablename::text from pg_publication_tables \
+             where pubname = $1 order by 1, 2",
+            &[&name],
+        )
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .collect::<Result<Vec<_>, tokio_postgres::Error>>()?;
+    Ok(Some(PublicationInfo {
+        all_tables: row.try_get(0)?,
+        tables,
+        operations: [row.try_get(1)?, row.try_get(2)?, row.try_get(3)?, row.try_get(4)?],
+    }))
+}

@@ -1,0 +1,79 @@
+//! Regular (non-replication) SQL connections through tokio-postgres.
+//!
+//! Every session is tagged with a role-specific `application_name`
+//! (`walshift:setup`, `walshift:tail`, ...) so a DBA can find it in
+//! `pg_stat_activity`, and gets a `statement_timeout` and `lock_timeout`
+//! suited to its role so it can never queue behind (or in front of) the
+//! application's locks indefinitely.
+
+use std::time::Duration;
+
+use tokio_postgres::Client;
+
+use crate::pg::conninfo::ConnInfo;
+use crate::pg::tls::{self, TlsError};
+
+/// Errors opening a regular SQL connection.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// TLS could not be configured.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// Connecting, authenticating or the session set-up failed.
+    #[error("cannot connect to {endpoint}: {source}")]
+    Connect {
+        /// The redacted connection string.
+        endpoint: String,
+        /// The cause.
+        source: tokio_postgres::Error,
+    },
+}
+
+/// Limits applied to a session.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionLimits {
+    /// `statement_timeout`.
+    pub statement_timeout: Duration,
+    /// `lock_timeout`.
+    pub lock_timeout: Duration,
+}
+
+impl SessionLimits {
+    /// For catalog checks and DDL of walshift's own objects: short waits.
+    pub const ADMIN: SessionLimits = SessionLimits {
+        statement_timeout: Duration::from_secs(60),
+        lock_timeout: Duration::from_secs(5),
+    };
+}
+
+/// Opens a connection for `role` (appended to `walshift:` in
+/// `application_name`) and applies `limits`.
+pub async fn connect(
+    info: &ConnInfo,
+    role: &str,
+    limits: SessionLimits,
+) -> Result<Client, ConnectError> {
+    let info = info.with_application_name(&format!("walshift:{role}"));
+    let endpoint = info.redacted();
+    let config = info.to_tokio_postgres();
+    let connector = tokio_postgres_rustls::MakeRustlsConnect::new(tls::build_config(&info)?);
+    let (client, connection) = config
+        .connect(connector)
+        .await
+        .map_err(|source| ConnectError::Connect { endpoint: endpoint.clone(), source })?;
+    crate::runtime::tasks::spawn_named("pg-connection", async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(error = %error, "sql connection ended");
+        }
+    });
+    let set = format!(
+        "set statement_timeout = {}; set lock_timeout = {}",
+        limits.statement_timeout.as_millis(),
+        limits.lock_timeout.as_millis()
+    );
+    client
+        .batch_execute(&set)
+        .await
+        .map_err(|source| ConnectError::Connect { endpoint, source })?;
+    Ok(client)
+}

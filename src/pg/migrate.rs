@@ -1,0 +1,68 @@
+//! walshift's own state schema on the target, created and upgraded from the
+//! append-only SQL files under `sql/` (compiled in with `include_str!`).
+//!
+//! Each file runs once, in one transaction together with its row in
+//! `walshift.schema_migrations`, under a transaction-scoped advisory lock so
+//! two concurrent `setup` runs cannot both apply it.
+
+use tokio_postgres::Client;
+
+/// Name of the state schema.
+pub const STATE_SCHEMA: &str = "walshift";
+
+/// The migrations, in order: (version, name, SQL).
+const MIGRATIONS: &[(i32, &str, &str)] =
+    &[(1, "state", include_str!("../../sql/0001_state.sql"))];
+
+/// Advisory lock key serializing migrations ("walshift" in ASCII, truncated).
+const MIGRATION_LOCK_KEY: i64 = 0x7761_6C73_6869_6674;
+
+/// Whether the state schema exists on the target.
+pub async fn state_schema_exists(client: &Client) -> Result<bool, tokio_postgres::Error> {
+    let row = client
+        .query_one("select exists (select 1 from pg_namespace where nspname = $1)", &[&STATE_SCHEMA])
+        .await?;
+    row.try_get(0)
+}
+
+/// Applies every migration not applied yet; returns how many ran.
+pub async fn migrate(client: &mut Client) -> Result<usize, tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    tx.execute("select pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK_KEY]).await?;
+    tx.batch_execute(
+        "create schema if not exists walshift; \
+         create table if not exists walshift.schema_migrations ( \
+             version int primary key, name text not null, \
+             applied_at timestamptz not null default now())",
+    )
+    .await?;
+    let current: i32 = tx
+        .query_one("select coalesce(max(version), 0) from walshift.schema_migrations", &[])
+        .await?
+        .try_get(0)?;
+    let mut applied = 0;
+    for (version, name, sql) in MIGRATIONS.iter().filter(|(v, _, _)| *v > current) {
+        tx.batch_execute(sql).await?;
+        tx.execute(
+            "insert into walshift.schema_migrations (version, name) values ($1, $2)",
+            &[version, name],
+        )
+        .await?;
+        applied += 1;
+    }
+    tx.commit().await?;
+    Ok(applied)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_are_numbered_in_order() {
+        for (i, (version, _, sql)) in MIGRATIONS.iter().enumerate() {
+            assert_eq!(usize::try_from(*version).unwrap(), i + 1);
+            assert!(!sql.trim().is_empty());
+        }
+    }
+}

@@ -1,0 +1,4 @@
+//! Runtime plumbing shared by every command: named tasks and shutdown.
+
+pub mod shutdown;
+pub mod tasks;

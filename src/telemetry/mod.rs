@@ -1,0 +1,28 @@
+//! Logging set-up. Logs go to stderr, so stdout stays clean for command
+//! output (`tail` prints JSON lines there).
+
+use std::io::IsTerminal;
+
+use tracing_subscriber::EnvFilter;
+
+/// Default log filter when neither `--log-level` nor `WALSHIFT_LOG` is set.
+pub const DEFAULT_LOG_FILTER: &str = "info";
+
+/// Installs the global subscriber; `filter` is an `EnvFilter` directive.
+/// An invalid directive falls back to the default and says so.
+pub fn init(filter: Option<&str>) {
+    let directive = filter.unwrap_or(DEFAULT_LOG_FILTER);
+    let (env_filter, bad) = match EnvFilter::try_new(directive) {
+        Ok(f) => (f, false),
+        Err(_) => (EnvFilter::new(DEFAULT_LOG_FILTER), true),
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(env_filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .try_init();
+    if bad {
+        tracing::warn!(filter = directive, "invalid log filter, using {DEFAULT_LOG_FILTER}");
+    }
+}

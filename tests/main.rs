@@ -1,0 +1,7 @@
+//! walshift integration tests, compiled into one binary (`autotests = false`).
+//!
+//! They run against real PostgreSQL and Redis servers that [`support`] starts on
+//! loopback ports and always removes again; see its module doc.
+
+mod harness;
+mod support;

@@ -1,0 +1,230 @@
+//! Redis for integration tests.
+//!
+//! [`RedisServer::shared`] is one `redis-server` per test process (or the server at
+//! `WALSHIFT_TEST_REDIS_URL`); [`RedisServer::start`] a private one for tests that stop
+//! or disturb it. Tests isolate themselves on a shared server with a fresh
+//! [`key_prefix`], never with `FLUSHALL`. [`RedisServer::command`] is a minimal RESP2
+//! client for assertions. Cleanup is described in [`super`]'s module doc.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read as _, Write as _};
+use std::net::TcpStream;
+use std::os::unix::process::CommandExt as _;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use super::wait::wait_until_blocking;
+use super::{Reaper, free_port, unique_suffix};
+
+/// URL of an existing server (`redis://host:port`) that [`RedisServer::shared`] uses.
+const REDIS_URL_ENV: &str = "WALSHIFT_TEST_REDIS_URL";
+/// How often a start is retried with a new port when the port was taken meanwhile.
+const START_ATTEMPTS: u32 = 5;
+/// How long a started server may take to answer `PING`.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// Read/write timeout of [`RedisServer::command`].
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A fresh `walshift:test:<unique>:` key prefix; take one per test.
+pub fn key_prefix() -> String {
+    format!("walshift:test:{}:", unique_suffix())
+}
+
+/// A reply of the RESP2 protocol.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// `+OK`
+    Status(String),
+    /// `-ERR …`
+    Error(String),
+    Integer(i64),
+    /// `None` is the null bulk string (for example `GET` of a missing key).
+    Bulk(Option<Vec<u8>>),
+    Array(Option<Vec<Reply>>),
+}
+
+/// A Redis server: local (owned by the harness) or external (shared only).
+pub struct RedisServer {
+    /// `host:port`
+    addr: String,
+    url: String,
+    /// Dropped (killing the server) when this is dropped; `None` for external servers.
+    _local: Option<LocalRedis>,
+}
+
+impl RedisServer {
+    /// The process-wide server, started on first use, or `WALSHIFT_TEST_REDIS_URL`.
+    /// Never dropped: the reaper kills it when the test process exits.
+    pub fn shared() -> &'static RedisServer {
+        static SHARED: OnceLock<RedisServer> = OnceLock::new();
+        SHARED.get_or_init(|| match std::env::var(REDIS_URL_ENV) {
+            Ok(url) => {
+                let addr = url
+                    .strip_prefix("redis://")
+                    .map(|rest| rest.split('/').next().unwrap_or(rest))
+                    .filter(|addr| !addr.contains('@'))
+                    .unwrap_or_else(|| {
+                        panic!("{REDIS_URL_ENV} must look like redis://host:port (no credentials)")
+                    })
+                    .to_owned();
+                RedisServer { addr, url, _local: None }
+            }
+            Err(_) => RedisServer::start(),
+        })
+    }
+
+    /// Starts a private `redis-server` (from `PATH`) on a free loopback port and waits
+    /// until it answers `PING`.
+    pub fn start() -> RedisServer {
+        let started = Instant::now();
+        for attempt in 1..=START_ATTEMPTS {
+            let port = free_port();
+            let addr = format!("127.0.0.1:{port}");
+            let mut local = LocalRedis::spawn(port);
+            let up = wait_until_blocking("redis-server to answer PING", START_TIMEOUT, || {
+                if ping(&addr) {
+                    return Some(true);
+                }
+                match local.child.try_wait() {
+                    Ok(Some(_)) => Some(false),
+                    Ok(None) => None,
+                    Err(err) => panic!("wait for redis-server: {err}"),
+                }
+            });
+            if up {
+                eprintln!("test redis on {addr} started in {} ms", started.elapsed().as_millis());
+                let url = format!("redis://{addr}");
+                return RedisServer { addr, url, _local: Some(local) };
+            }
+            let log = fs::read_to_string(local.dir.join("redis.log")).unwrap_or_default();
+            if !log.contains("Address already in use") || attempt == START_ATTEMPTS {
+                panic!("redis-server exited during startup:\n{log}");
+            }
+        }
+        unreachable!("the last attempt panics")
+    }
+
+    /// `redis://host:port`
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// `host:port`, for raw TCP connections.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// Sends one command on a new connection and returns the reply; panics on I/O errors.
+    pub fn command(&self, args: &[&str]) -> Reply {
+        let stream = TcpStream::connect(&self.addr)
+            .unwrap_or_else(|err| panic!("connect to redis at {}: {err}", self.addr));
+        stream.set_read_timeout(Some(IO_TIMEOUT)).expect("set read timeout");
+        stream.set_write_timeout(Some(IO_TIMEOUT)).expect("set write timeout");
+        let mut request = format!("*{}\r\n", args.len()).into_bytes();
+        for arg in args {
+            request.extend_from_slice(format!("${}\r\n{arg}\r\n", arg.len()).as_bytes());
+        }
+        (&stream).write_all(&request).expect("send a redis command");
+        read_reply(&mut BufReader::new(stream))
+            .unwrap_or_else(|err| panic!("read the reply to {args:?}: {err}"))
+    }
+}
+
+/// `PING` on a fresh connection answers `+PONG`.
+fn ping(addr: &str) -> bool {
+    let Ok(mut stream) = TcpStream::connect(addr) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
+    let mut reply = [0; 7];
+    stream.write_all(b"PING\r\n").is_ok()
+        && stream.read_exact(&mut reply).is_ok()
+        && &reply == b"+PONG\r\n"
+}
+
+fn read_reply(reader: &mut impl BufRead) -> std::io::Result<Reply> {
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let line = line.strip_suffix("\r\n").ok_or_else(|| invalid(format!("bad line {line:?}")))?;
+    let (kind, rest) = line.split_at_checked(1).ok_or_else(|| invalid("empty reply".into()))?;
+    let number = || rest.parse::<i64>().map_err(|_| invalid(format!("bad number {rest:?}")));
+    Ok(match kind {
+        "+" => Reply::Status(rest.to_owned()),
+        "-" => Reply::Error(rest.to_owned()),
+        ":" => Reply::Integer(number()?),
+        "$" => match usize::try_from(number()?) {
+            Err(_) => Reply::Bulk(None),
+            Ok(len) => {
+                let mut data = vec![0; len + 2];
+                reader.read_exact(&mut data)?;
+                data.truncate(len);
+                Reply::Bulk(Some(data))
+            }
+        },
+        "*" => match usize::try_from(number()?) {
+            Err(_) => Reply::Array(None),
+            Ok(len) => {
+                Reply::Array(Some((0..len).map(|_| read_reply(reader)).collect::<Result<_, _>>()?))
+            }
+        },
+        _ => return Err(invalid(format!("unknown reply type {line:?}"))),
+    })
+}
+
+fn invalid(message: String) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, message)
+}
+
+/// A `redis-server` process and its directory; dropping kills it and removes both.
+struct LocalRedis {
+    child: Child,
+    dir: PathBuf,
+    reaper: Reaper,
+}
+
+impl LocalRedis {
+    fn spawn(port: u16) -> LocalRedis {
+        let dir = std::env::temp_dir().join(format!("walshift-redis-{}", unique_suffix()));
+        fs::create_dir(&dir).unwrap_or_else(|err| panic!("create {}: {err}", dir.display()));
+        let log = fs::File::create(dir.join("redis.log")).expect("create redis.log");
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args(["--appendonly", "no", "--daemonize", "no", "--dir"])
+            .arg(&dir)
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone the redis.log handle"))
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .unwrap_or_else(|err| panic!("start redis-server (is it on PATH?): {err}"));
+        let reaper = Reaper::spawn(
+            "redis",
+            r#"kill -9 "$1" 2>/dev/null; rm -rf "$2""#,
+            &[child.id().to_string().as_ref(), dir.as_os_str()],
+            None,
+        );
+        LocalRedis { child, dir, reaper }
+    }
+}
+
+impl Drop for LocalRedis {
+    fn drop(&mut self) {
+        // SIGKILL: the data is throwaway and the port is free once wait() returns.
+        let _ = self.child.kill();
+        let mut clean = true;
+        if let Err(err) = self.child.wait() {
+            clean = false;
+            eprintln!("warning: waiting for redis-server failed: {err}");
+        }
+        if let Err(err) = fs::remove_dir_all(&self.dir) {
+            clean = false;
+            eprintln!("warning: could not remove {}: {err}", self.dir.display());
+        }
+        if clean {
+            self.reaper.disarm();
+        }
+    }
+}

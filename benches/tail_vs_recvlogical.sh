@@ -59,7 +59,7 @@ begin
   end loop;
 end \$\$;
 SQL
-ENDPOS="$(psql_at "$PORT" -d postgres -Atc 'select pg_current_wal_lsn()')"
+ENDPOS="$(psql_at "$PORT" -d postgres -Atc 'select pg_current_wal_insert_lsn()')"
 echo "backlog ready: endpos $ENDPOS"
 
 CONF="$BENCH_TMP/walshift.toml"

@@ -1,11 +1,11 @@
 //! The configuration file: parsed once, validated once, then read-only.
 //!
 //! ```text
-//!  file text ──toml parse──▶ spanned table ──${VAR} interpolation──▶ Config ──validate()──▶ ValidatedConfig
-//!                  │                              │                   │              │
-//!           syntax error with            "source.url: environment   unknown key /   "backfill.chunk_rows_min:
-//!           file:line:column             variable X is not set"     wrong type with  must be > 0"
-//!                                                                   file:line:column
+//!  file text ─toml─▶ spanned table ─${VAR}─▶ Config ─validate()─▶ ValidatedConfig
+//!             │                     │           │              │
+//!       syntax errors:       "source.url: env   unknown key,   "backfill.chunk_rows_min:
+//!       file:line:column     variable X is      wrong type:     must be > 0"
+//!                            not set"           file:line:column
 //! ```
 //!
 //! - [`Config`] mirrors the TOML (`config/walshift.example.toml` documents
@@ -566,7 +566,12 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// Not TOML, an unknown key, a missing key or a value of the wrong type.
-    #[error("{}{}: {}{message}", .file.display(), position(*.line_column), key_label(.key.as_deref()))]
+    #[error(
+        "{}{}: {}{message}",
+        .file.display(),
+        position(*.line_column),
+        key_label(.key.as_deref())
+    )]
     Parse {
         /// The file (or a label for text that did not come from a file).
         file: PathBuf,
@@ -1413,7 +1418,7 @@ target = "shadow.a"
                         target: "Total Cents".into(),
                         expr: " ".into(),
                         verify: true,
-                    }]
+                    }];
                 },
                 r#"tables[0].columns."Total Cents": expression must not be empty (use the source column name to copy it)"#,
             ),
@@ -1423,7 +1428,7 @@ target = "shadow.a"
                         target: "x".repeat(64),
                         expr: "1".into(),
                         verify: true,
-                    }]
+                    }];
                 },
                 "tables[0].columns.xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx: column name is 64 bytes long; postgres would truncate it to 63",
             ),
@@ -1434,14 +1439,14 @@ target = "shadow.a"
             (
                 |c| {
                     let t = c.tables[0].clone();
-                    c.tables.push(TableConfig { target: "shadow.b".into(), ..t })
+                    c.tables.push(TableConfig { target: "shadow.b".into(), ..t });
                 },
                 "tables[1].source: public.a is already mapped by tables[0]",
             ),
             (
                 |c| {
                     let t = c.tables[0].clone();
-                    c.tables.push(TableConfig { source: "public.b".into(), ..t })
+                    c.tables.push(TableConfig { source: "public.b".into(), ..t });
                 },
                 "tables[1].target: shadow.a is already the target of tables[0]",
             ),
@@ -1452,7 +1457,7 @@ target = "shadow.a"
                         source: "shadow.a".into(),
                         target: "shadow.b".into(),
                         ..t
-                    })
+                    });
                 },
                 "tables[0].target: shadow.a is the source of tables[1] in the same database; choose a shadow table (e.g. in another schema)",
             ),
@@ -1462,7 +1467,7 @@ target = "shadow.a"
             (
                 |c| {
                     c.backfill.chunk_rows_min = 10;
-                    c.backfill.chunk_rows_max = 9
+                    c.backfill.chunk_rows_max = 9;
                 },
                 "backfill.chunk_rows_max: must be >= backfill.chunk_rows_min (10), got 9",
             ),

@@ -5,3 +5,4 @@
 
 mod harness;
 mod support;
+mod tail;

@@ -27,6 +27,7 @@
 //! and can warn about failures. Long-lived children never hold the test's
 //! stdout/stderr (servers log to files), so output capture never waits on them.
 
+pub mod cli;
 pub mod pg;
 pub mod redis;
 pub mod wait;
@@ -111,6 +112,11 @@ where
 }
 
 /// Backstop cleanup that runs even when the test process is killed (see the module doc).
+///
+/// The reaper leads its own process group, and the harness starts its short-lived
+/// commands (`initdb`, `pg_ctl`, `openssl`) and `redis-server` in that group, so the
+/// reaper can first stop whatever was in flight when the test process died
+/// (`kill -TERM 0`; the reaper itself ignores SIGTERM) and then clean up.
 struct Reaper {
     child: Child,
     stdin: Option<ChildStdin>,
@@ -120,7 +126,10 @@ impl Reaper {
     /// Starts `sh -c <script>` with `args` as `$1…`; the script runs when the test process
     /// goes away (or this value is dropped) without [`Reaper::disarm`] having been called.
     fn spawn(what: &str, script: &str, args: &[&OsStr], run_as: Option<OsUser>) -> Reaper {
-        let script = format!("read -r word; [ \"$word\" = disarm ] && exit 0; {script}");
+        let script = format!(
+            "trap '' TERM; read -r word; [ \"$word\" = disarm ] && exit 0; \
+             kill -TERM 0 2>/dev/null; {script}"
+        );
         let mut command = Command::new("sh");
         command
             .arg("-c")
@@ -139,6 +148,12 @@ impl Reaper {
             command.spawn().unwrap_or_else(|err| panic!("spawn the {what} reaper (sh): {err}"));
         let stdin = child.stdin.take();
         Reaper { child, stdin }
+    }
+
+    /// The reaper's process group, for `Command::process_group` of the commands and
+    /// servers it is responsible for.
+    fn process_group(&self) -> i32 {
+        i32::try_from(self.child.id()).expect("pids fit in i32")
     }
 
     /// The owner cleaned up by itself: let the reaper exit without running its script.

@@ -236,7 +236,12 @@ impl LocalServer {
         let data = dir.join("data");
         let reaper = Reaper::spawn(
             "pg",
-            r#""$1" stop -D "$2" -m immediate -w -t 30; rm -rf "$3""#,
+            // Twice: a command interrupted by the first pass may leave something behind.
+            r#"for pass in 1 2; do
+                 [ -f "$2/postmaster.pid" ] && "$1" stop -D "$2" -m immediate -w -t 30
+                 rm -rf "$3"
+                 sleep 1
+               done"#,
             &[bindir.join("pg_ctl").as_os_str(), data.as_os_str(), dir.as_os_str()],
             user,
         );
@@ -246,7 +251,11 @@ impl LocalServer {
     /// A command for a server binary, run as the server's OS user inside the temp dir.
     fn command(&self, binary: &str) -> Command {
         let mut command = Command::new(self.bindir.join(binary));
-        command.current_dir(&self.dir).stdin(Stdio::null()).env_remove("PGDATA");
+        command
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .env_remove("PGDATA")
+            .process_group(self.reaper.process_group());
         if let Some(user) = self.user {
             command.uid(user.uid).gid(user.gid);
         }
@@ -276,7 +285,11 @@ impl LocalServer {
         let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
         let openssl = |args: &[&str]| {
             let mut command = Command::new("openssl");
-            command.current_dir(&self.dir).stdin(Stdio::null()).args(args);
+            command
+                .current_dir(&self.dir)
+                .stdin(Stdio::null())
+                .process_group(self.reaper.process_group())
+                .args(args);
             check_output("openssl", &run(&mut command));
         };
         openssl(

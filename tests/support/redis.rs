@@ -189,6 +189,8 @@ impl LocalRedis {
         let dir = std::env::temp_dir().join(format!("walshift-redis-{}", unique_suffix()));
         fs::create_dir(&dir).unwrap_or_else(|err| panic!("create {}: {err}", dir.display()));
         let log = fs::File::create(dir.join("redis.log")).expect("create redis.log");
+        // Before the server, so that no instant exists in which it would not be reaped.
+        let reaper = Reaper::spawn("redis", r#"rm -rf "$1""#, &[dir.as_os_str()], None);
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
             .args(["--appendonly", "no", "--daemonize", "no", "--dir"])
@@ -197,15 +199,9 @@ impl LocalRedis {
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone the redis.log handle"))
             .stderr(log)
-            .process_group(0)
+            .process_group(reaper.process_group())
             .spawn()
             .unwrap_or_else(|err| panic!("start redis-server (is it on PATH?): {err}"));
-        let reaper = Reaper::spawn(
-            "redis",
-            r#"kill -9 "$1" 2>/dev/null; rm -rf "$2""#,
-            &[child.id().to_string().as_ref(), dir.as_os_str()],
-            None,
-        );
         LocalRedis { child, dir, reaper }
     }
 }

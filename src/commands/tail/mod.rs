@@ -302,6 +302,7 @@ impl Tail<'_> {
                     if let Some(endpos) = self.args.endpos
                         && wal_end >= endpos
                     {
+                        tracing::debug!(%wal_end, %endpos, "keepalive reached endpos");
                         return Ok(Step::Stop(TailEnd::EndposReached));
                     }
                 }
@@ -315,6 +316,7 @@ impl Tail<'_> {
                 if let Some(endpos) = self.args.endpos
                     && begin.final_lsn >= endpos
                 {
+                    tracing::debug!(commit_lsn = %begin.final_lsn, %endpos, "transaction beyond endpos");
                     return Ok(Step::Stop(TailEnd::EndposReached));
                 }
                 if self.txn.is_some() {

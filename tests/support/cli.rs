@@ -1,0 +1,203 @@
+//! Running the real `walshift` binary against a test database.
+//!
+//! [`Walshift`] writes a config file into a private temp directory (removed
+//! on drop) and runs commands with it; [`TailProcess`] runs `walshift tail`
+//! in the background and collects its JSON lines.
+
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::task::JoinHandle;
+use walshift::runtime::tasks::spawn_named;
+
+use super::pg::TestDb;
+use super::unique_suffix;
+use super::wait::wait_until;
+
+/// Path of the binary under test.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_walshift")
+}
+
+/// A config file and the commands run with it.
+pub struct Walshift {
+    dir: PathBuf,
+    config: PathBuf,
+}
+
+impl Walshift {
+    /// A config whose source is `db`, with the given `(source, target)` tables
+    /// and extra TOML appended (e.g. `[source]` overrides go in `source_extra`).
+    pub fn for_db(db: &TestDb<'_>, tables: &[(&str, &str)], source_extra: &str) -> Walshift {
+        Walshift::for_url(&db.url(), &db.slot_name(), &db.publication_name(), tables, source_extra)
+    }
+
+    /// Like [`Walshift::for_db`] with an explicit source URL.
+    pub fn for_url(
+        url: &str,
+        slot: &str,
+        publication: &str,
+        tables: &[(&str, &str)],
+        source_extra: &str,
+    ) -> Walshift {
+        let mut toml = format!(
+            "[migration]\nname = \"test\"\n\n[source]\nurl = \"{url}\"\nslot = \"{slot}\"\n\
+             publication = \"{publication}\"\nstatus_interval_ms = 200\n{source_extra}\n"
+        );
+        for (source, target) in tables {
+            toml.push_str(&format!("\n[[tables]]\nsource = \"{source}\"\ntarget = \"{target}\"\n"));
+        }
+        Walshift::with_config(&toml)
+    }
+
+    /// A config file with exactly `toml`.
+    pub fn with_config(toml: &str) -> Walshift {
+        let dir = std::env::temp_dir().join(format!("walshift-cli-{}", unique_suffix()));
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        let config = dir.join("walshift.toml");
+        std::fs::write(&config, toml).expect("write config");
+        Walshift { dir, config }
+    }
+
+    /// The config file's path.
+    pub fn config_path(&self) -> &Path {
+        &self.config
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(bin());
+        cmd.arg("--config").arg(&self.config).args(args);
+        cmd.env_remove("WALSHIFT_CONFIG").env("WALSHIFT_LOG", "info");
+        cmd.kill_on_drop(true);
+        cmd
+    }
+
+    /// Runs a command to completion (60 s limit).
+    pub async fn run(&self, args: &[&str]) -> Output {
+        let mut cmd = self.command(args);
+        cmd.stdin(Stdio::null());
+        tokio::time::timeout(Duration::from_secs(60), cmd.output())
+            .await
+            .unwrap_or_else(|_| panic!("walshift {args:?} did not finish within 60 s"))
+            .expect("run walshift")
+    }
+
+    /// Runs a command that must succeed; returns its stdout.
+    pub async fn run_ok(&self, args: &[&str]) -> String {
+        let out = self.run(args).await;
+        assert!(
+            out.status.success(),
+            "walshift {args:?} failed with {}\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8 stdout")
+    }
+
+    /// Starts `walshift tail <args>` in the background.
+    pub fn spawn_tail(&self, args: &[&str]) -> TailProcess {
+        let mut full = vec!["tail"];
+        full.extend_from_slice(args);
+        let mut cmd = self.command(&full);
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn walshift tail");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let sink = Arc::clone(&lines);
+        let out_task = spawn_named("test-tail-stdout", async move {
+            let mut reader = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = reader.next_line().await {
+                let value: serde_json::Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("tail printed invalid JSON {line:?}: {e}"));
+                sink.lock().unwrap().push(value);
+            }
+        });
+        let err_pipe = child.stderr.take().expect("piped stderr");
+        let err_sink = Arc::clone(&stderr);
+        let err_task = spawn_named("test-tail-stderr", async move {
+            let mut reader = BufReader::new(err_pipe).lines();
+            while let Ok(Some(line)) = reader.next_line().await {
+                let mut s = err_sink.lock().unwrap();
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+        TailProcess { child, lines, stderr, readers: vec![out_task, err_task] }
+    }
+}
+
+impl Drop for Walshift {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A running `walshift tail`.
+pub struct TailProcess {
+    child: Child,
+    lines: Arc<Mutex<Vec<serde_json::Value>>>,
+    stderr: Arc<Mutex<String>>,
+    readers: Vec<JoinHandle<()>>,
+}
+
+impl TailProcess {
+    /// The lines printed so far.
+    pub fn lines(&self) -> Vec<serde_json::Value> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// What it logged so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits until at least `n` row-change lines were printed; returns all lines.
+    #[track_caller]
+    pub fn wait_for_rows(&self, n: usize, timeout: Duration) -> impl Future<Output = Vec<serde_json::Value>> + '_ {
+        wait_until(&format!("tail prints {n} row changes"), timeout, async move || {
+            let lines = self.lines();
+            (lines.iter().filter(|l| l.get("op").is_some()).count() >= n).then_some(lines)
+        })
+    }
+
+    /// Stops it with SIGTERM and waits; returns its exit status code.
+    pub async fn stop(mut self) -> (Option<i32>, Vec<serde_json::Value>, String) {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+        }
+        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .expect("tail exits within 30 s of SIGTERM")
+            .expect("wait for tail");
+        self.drain().await;
+        (status.code(), self.lines(), self.stderr())
+    }
+
+    /// Waits until the pipe readers reached end of file (the process exited).
+    async fn drain(&mut self) {
+        for reader in self.readers.drain(..) {
+            let _ = reader.await;
+        }
+    }
+
+    /// Waits for it to exit by itself (e.g. `--endpos`).
+    pub async fn wait(mut self, timeout: Duration) -> (Option<i32>, Vec<serde_json::Value>, String) {
+        let status = tokio::time::timeout(timeout, self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("tail did not exit within {timeout:?}; stderr:\n{}", self.stderr()))
+            .expect("wait for tail");
+        self.drain().await;
+        (status.code(), self.lines(), self.stderr())
+    }
+}
+
+/// Only the row-change lines (those with an `op`).
+pub fn rows(lines: &[serde_json::Value]) -> Vec<&serde_json::Value> {
+    lines.iter().filter(|l| l.get("op").is_some()).collect()
+}

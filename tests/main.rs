@@ -3,6 +3,8 @@
 //! They run against real PostgreSQL and Redis servers that [`support`] starts on
 //! loopback ports and always removes again; see its module doc.
 
+mod connect;
 mod harness;
+mod setup;
 mod support;
 mod tail;

@@ -23,6 +23,16 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_walshift")
 }
 
+/// Runs the binary with exactly `args` (no config file added).
+pub async fn run_bin(args: &[&str]) -> Output {
+    let mut cmd = Command::new(bin());
+    cmd.args(args).env_remove("WALSHIFT_CONFIG").stdin(Stdio::null()).kill_on_drop(true);
+    tokio::time::timeout(Duration::from_secs(60), cmd.output())
+        .await
+        .unwrap_or_else(|_| panic!("walshift {args:?} did not finish within 60 s"))
+        .expect("run walshift")
+}
+
 /// A config file and the commands run with it.
 pub struct Walshift {
     dir: PathBuf,

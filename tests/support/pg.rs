@@ -273,7 +273,16 @@ impl LocalServer {
             "UTF8",
             "--locale=C",
         ]);
-        check_output("initdb", &run(&mut initdb));
+        let what = match self.user {
+            // Typical cause: a TMPDIR below a directory only root may enter.
+            Some(_) => format!(
+                "initdb as the postgres OS user (it needs search permission on every parent \
+                 directory of {})",
+                self.dir.display()
+            ),
+            None => "initdb".to_owned(),
+        };
+        check_output(&what, &run(&mut initdb));
         let conf = self.data.join("postgresql.conf");
         let mut text = fs::read_to_string(&conf).expect("read postgresql.conf");
         text.push_str("\ninclude = 'walshift_test.conf'\n");
@@ -419,7 +428,10 @@ impl LocalServer {
                 return port;
             }
             let log_text = fs::read_to_string(&log).unwrap_or_default();
-            let new_log = log_text.get(log_len_before as usize..).unwrap_or(&log_text);
+            let new_log = usize::try_from(log_len_before)
+                .ok()
+                .and_then(|start| log_text.get(start..))
+                .unwrap_or(&log_text);
             let port_taken = new_log.contains("could not bind") || new_log.contains("in use");
             if !port_taken || attempt == START_ATTEMPTS {
                 panic!(

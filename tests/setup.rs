@@ -1,0 +1,134 @@
+//! `setup` and `teardown`, and every bad-input path: a clear message, exit
+//! code 2, and nothing created.
+
+use crate::support::cli::{Walshift, run_bin};
+use crate::support::pg::{ClusterOptions, PgCluster, TestDb, WalLevel};
+
+/// What walshift objects exist for this test database.
+#[derive(Debug, PartialEq, Eq)]
+struct Objects {
+    slot: bool,
+    publication: bool,
+    state_schema: bool,
+}
+
+async fn objects(db: &TestDb<'_>) -> Objects {
+    let client = db.client().await;
+    let row = client
+        .query_one(
+            "select exists (select 1 from pg_replication_slots where slot_name = $1), \
+                    exists (select 1 from pg_publication where pubname = $2), \
+                    exists (select 1 from pg_namespace where nspname = 'walshift')",
+            &[&db.slot_name(), &db.publication_name()],
+        )
+        .await
+        .unwrap();
+    Objects { slot: row.get(0), publication: row.get(1), state_schema: row.get(2) }
+}
+
+const NOTHING: Objects = Objects { slot: false, publication: false, state_schema: false };
+const EVERYTHING: Objects = Objects { slot: true, publication: true, state_schema: true };
+
+/// Runs `args`, expects exit 2 and `expected` in stderr.
+async fn expect_bad_input(ws: &Walshift, args: &[&str], expected: &str) -> String {
+    let out = ws.run(args).await;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{args:?}: stderr: {stderr}");
+    assert!(stderr.contains(expected), "{args:?}: expected {expected:?} in:\n{stderr}");
+    stderr
+}
+
+#[tokio::test]
+async fn setup_is_idempotent_and_teardown_needs_yes() {
+    let db = TestDb::new(PgCluster::shared()).await;
+    db.execute("create table t (id int primary key, v text); insert into t values (1, 'keep me');")
+        .await;
+    let ws = Walshift::for_db(&db, &[("public.t", "shadow.t")], "");
+    let first = ws.run_ok(&["setup"]).await;
+    assert!(first.contains("replication slot") && first.contains("created"), "{first}");
+    assert_eq!(objects(&db).await, EVERYTHING);
+    let second = ws.run_ok(&["setup"]).await;
+    assert!(!second.contains("created"), "second setup creates nothing: {second}");
+
+    // Without --yes: lists, changes nothing, exits non-zero.
+    let stderr = expect_bad_input(&ws, &["teardown"], "re-run with --yes").await;
+    let listing = String::from_utf8_lossy(&ws.run(&["teardown"]).await.stdout).into_owned();
+    assert!(listing.contains(&db.slot_name()) && listing.contains("retains"), "{listing}\n{stderr}");
+    assert_eq!(objects(&db).await, EVERYTHING);
+
+    let dropped = ws.run_ok(&["teardown", "--yes"]).await;
+    assert!(dropped.contains("dropped replication slot"), "{dropped}");
+    assert_eq!(objects(&db).await, NOTHING);
+    let client = db.client().await;
+    let kept: String = client.query_one("select v from t where id = 1", &[]).await.unwrap().get(0);
+    assert_eq!(kept, "keep me", "the user's tables are never touched");
+    let again = ws.run_ok(&["teardown", "--yes"]).await;
+    assert!(again.contains("nothing to drop"), "{again}");
+
+    // tail without a slot says what to do.
+    expect_bad_input(&ws, &["tail"], "run `walshift setup` first").await;
+}
+
+#[tokio::test]
+async fn bad_config_files_exit_2() {
+    let db = TestDb::new(PgCluster::shared()).await;
+    let out = run_bin(&["--config", "/nonexistent/walshift.toml", "setup"]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr.contains("cannot read config file /nonexistent/walshift.toml"), "{stderr}");
+
+    let unknown = Walshift::with_config(&format!(
+        "[migration]\nname = \"x\"\n[source]\nurl = \"{}\"\nslott = \"s\"\n[[tables]]\nsource = \"public.t\"\ntarget = \"shadow.t\"\n",
+        db.url()
+    ));
+    expect_bad_input(&unknown, &["setup"], "source.slott").await;
+
+    let bad_url = Walshift::with_config(
+        "[migration]\nname = \"x\"\n[source]\nurl = \"postgres://u:hunter2@localhost:notaport/db\"\n[[tables]]\nsource = \"public.t\"\ntarget = \"shadow.t\"\n",
+    );
+    let stderr = expect_bad_input(&bad_url, &["setup"], "source.url").await;
+    assert!(!stderr.contains("hunter2"), "the password leaked: {stderr}");
+    assert_eq!(objects(&db).await, NOTHING);
+}
+
+#[tokio::test]
+async fn table_problems_create_nothing() {
+    let db = TestDb::new(PgCluster::shared()).await;
+    db.execute(
+        "create table keyless (a int, b text);
+         create table nothing_identity (id int primary key);
+         alter table nothing_identity replica identity nothing;",
+    )
+    .await;
+    for (table, expected) in [
+        ("public.keyless", "public.keyless has no primary key"),
+        ("public.missing", "table public.missing does not exist"),
+        ("public.nothing_identity", "REPLICA IDENTITY NOTHING"),
+    ] {
+        let ws = Walshift::for_db(&db, &[(table, "shadow.x")], "");
+        let stderr = expect_bad_input(&ws, &["setup"], expected).await;
+        assert!(stderr.contains("tables[0].source"), "{stderr}");
+        assert!(stderr.contains("nothing was created"), "{stderr}");
+        assert_eq!(objects(&db).await, NOTHING, "after {table}");
+    }
+
+    // An existing publication that misses a table: reported, nothing created.
+    db.execute("create table ok (id int primary key); create table other (id int primary key);")
+        .await;
+    db.execute(&format!("create publication {} for table other", db.publication_name())).await;
+    let ws = Walshift::for_db(&db, &[("public.ok", "shadow.ok")], "");
+    expect_bad_input(&ws, &["setup"], "does not publish public.ok").await;
+    let after = objects(&db).await;
+    assert!(!after.slot && !after.state_schema, "{after:?}");
+}
+
+#[tokio::test]
+async fn wal_level_replica_is_refused() {
+    let cluster =
+        PgCluster::start(ClusterOptions { wal_level: WalLevel::Replica, ..ClusterOptions::default() });
+    let db = TestDb::new(&cluster).await;
+    db.execute("create table t (id int primary key)").await;
+    let ws = Walshift::for_db(&db, &[("public.t", "shadow.t")], "");
+    expect_bad_input(&ws, &["setup"], "wal_level is 'replica'").await;
+    assert_eq!(objects(&db).await, NOTHING);
+}

@@ -83,7 +83,14 @@ mod tests {
     #[test]
     fn parses_tail_flags() {
         let cli = Cli::try_parse_from([
-            "walshift", "-c", "x.toml", "tail", "--all", "--no-ack", "--endpos", "0/16B3748",
+            "walshift",
+            "-c",
+            "x.toml",
+            "tail",
+            "--all",
+            "--no-ack",
+            "--endpos",
+            "0/16B3748",
         ])
         .unwrap();
         let Command::Tail(args) = cli.command else { panic!("expected tail") };

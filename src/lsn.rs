@@ -29,7 +29,9 @@ impl fmt::Display for Lsn {
 
 /// Why a string is not an LSN.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("invalid LSN {input:?}: expected two hexadecimal numbers separated by '/', like 16/B374D848")]
+#[error(
+    "invalid LSN {input:?}: expected two hexadecimal numbers separated by '/', like 16/B374D848"
+)]
 pub struct ParseLsnError {
     input: String,
 }

@@ -58,15 +58,23 @@ async fn password_auth(auth: Auth, user: &str, password: &str) {
 #[tokio::test]
 async fn scram_sha_256_authentication() {
     let password = "s3cret: with spaces & símbols";
-    password_auth(Auth::Scram { user: "ws_scram".into(), password: password.into() }, "ws_scram", password)
-        .await;
+    password_auth(
+        Auth::Scram { user: "ws_scram".into(), password: password.into() },
+        "ws_scram",
+        password,
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn md5_authentication() {
     let password = "md5-s3cret";
-    password_auth(Auth::Md5 { user: "ws_md5".into(), password: password.into() }, "ws_md5", password)
-        .await;
+    password_auth(
+        Auth::Md5 { user: "ws_md5".into(), password: password.into() },
+        "ws_md5",
+        password,
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -53,7 +53,10 @@ async fn setup_is_idempotent_and_teardown_needs_yes() {
     // Without --yes: lists, changes nothing, exits non-zero.
     let stderr = expect_bad_input(&ws, &["teardown"], "re-run with --yes").await;
     let listing = String::from_utf8_lossy(&ws.run(&["teardown"]).await.stdout).into_owned();
-    assert!(listing.contains(&db.slot_name()) && listing.contains("retains"), "{listing}\n{stderr}");
+    assert!(
+        listing.contains(&db.slot_name()) && listing.contains("retains"),
+        "{listing}\n{stderr}"
+    );
     assert_eq!(objects(&db).await, EVERYTHING);
 
     let dropped = ws.run_ok(&["teardown", "--yes"]).await;
@@ -124,8 +127,10 @@ async fn table_problems_create_nothing() {
 
 #[tokio::test]
 async fn wal_level_replica_is_refused() {
-    let cluster =
-        PgCluster::start(ClusterOptions { wal_level: WalLevel::Replica, ..ClusterOptions::default() });
+    let cluster = PgCluster::start(ClusterOptions {
+        wal_level: WalLevel::Replica,
+        ..ClusterOptions::default()
+    });
     let db = TestDb::new(&cluster).await;
     db.execute("create table t (id int primary key)").await;
     let ws = Walshift::for_db(&db, &[("public.t", "shadow.t")], "");

@@ -77,8 +77,7 @@ async fn values_round_trip_as_postgres_text() {
     )
     .await;
     let endpos = current_lsn(&db).await;
-    let (code, lines, stderr) =
-        ws.spawn_tail(&["--no-ack", "--endpos", &endpos]).wait(WAIT).await;
+    let (code, lines, stderr) = ws.spawn_tail(&["--no-ack", "--endpos", &endpos]).wait(WAIT).await;
     assert_eq!(code, Some(0), "stderr: {stderr}");
     let rows = rows(&lines);
     assert_eq!(rows.len(), 5, "3 inserts, the TOAST insert and its update: {rows:#?}");
@@ -86,8 +85,8 @@ async fn values_round_trip_as_postgres_text() {
     // Expected: the server's text output of each column, in the same session defaults.
     let client = db.client().await;
     let columns = [
-        "id", "i2", "i4", "i8", "num", "f4", "f8", "b", "t", "vc", "by", "u", "j", "jb", "d",
-        "tm", "ts", "tstz", "iv", "arr", "tarr", "m", "dom", "big",
+        "id", "i2", "i4", "i8", "num", "f4", "f8", "b", "t", "vc", "by", "u", "j", "jb", "d", "tm",
+        "ts", "tstz", "iv", "arr", "tarr", "m", "dom", "big",
     ];
     // The output function's text (a bool prints as t/f, while bool::text is true/false).
     let select = columns
@@ -123,11 +122,8 @@ async fn values_round_trip_as_postgres_text() {
     assert_eq!(rows[1]["new"]["num"], "1234567890123456789012345678901234567890.0123456789");
     assert_eq!(rows[0]["new"]["arr"], "{1,NULL,3}");
 
-    let big: String = client
-        .query_one("select big from kitchen_sink where id = 100", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let big: String =
+        client.query_one("select big from kitchen_sink where id = 100", &[]).await.unwrap().get(0);
     assert_eq!(big.len(), 32768 * 32);
     let stored_external: bool = client
         .query_one(
@@ -200,7 +196,11 @@ async fn change_kinds_identity_truncate_and_alter() {
     assert_eq!(full_update["old"], json!({"id": "1", "v": "one", "w": "x"}));
     assert_eq!(full_update["new"], json!({"id": "1", "v": "uno", "w": "x"}));
     let full_delete = find("public.f", "delete", 0);
-    assert_eq!(full_delete["old"], json!({"id": "2", "v": "two", "w": "y"}), "FULL sends the whole row");
+    assert_eq!(
+        full_delete["old"],
+        json!({"id": "2", "v": "two", "w": "y"}),
+        "FULL sends the whole row"
+    );
 
     let a3 = find("public.a", "insert", 2);
     let f3 = find("public.f", "insert", 2);

@@ -93,13 +93,19 @@ struct Created {
 impl Created {
     async fn undo(&self, cfg: &ValidatedConfig, source: &Client, target: &Client) {
         if self.publication {
-            let sql = format!("drop publication if exists {}", escape_identifier(&cfg.source.publication));
+            let sql = format!(
+                "drop publication if exists {}",
+                escape_identifier(&cfg.source.publication)
+            );
             if let Err(error) = source.batch_execute(&sql).await {
                 tracing::warn!(error = %error, "could not drop the publication created by this run");
             }
         }
         if self.schema {
-            let sql = format!("drop schema if exists {} cascade", escape_identifier(migrate::STATE_SCHEMA));
+            let sql = format!(
+                "drop schema if exists {} cascade",
+                escape_identifier(migrate::STATE_SCHEMA)
+            );
             if let Err(error) = target.batch_execute(&sql).await {
                 tracing::warn!(error = %error, "could not drop the state schema created by this run");
             }
@@ -139,7 +145,9 @@ async fn create(
     }
 
     if plan.create_slot {
-        let mut conn = ReplicationConnection::connect(&cfg.source.url.with_application_name("walshift:setup")).await?;
+        let mut conn =
+            ReplicationConnection::connect(&cfg.source.url.with_application_name("walshift:setup"))
+                .await?;
         let slot = slot::create_logical_slot(&mut conn, &cfg.source.slot).await?;
         conn.close().await.ok();
         tracing::info!(slot = %slot.name, consistent_point = %slot.consistent_point, "created replication slot");
@@ -164,7 +172,10 @@ async fn check(
         .parse()
         .unwrap_or(0);
     if version < MIN_SERVER_VERSION_NUM {
-        fail("source", format!("server version {version} is too old: walshift needs PostgreSQL 14 or newer"));
+        fail(
+            "source",
+            format!("server version {version} is too old: walshift needs PostgreSQL 14 or newer"),
+        );
     }
     let wal_level = catalog::setting(source, "wal_level").await.map_err(Error::sql(ctx))?;
     if wal_level != "logical" {
@@ -187,7 +198,10 @@ async fn check(
         let subject = format!("tables[{i}].source");
         let info = catalog::table_info(source, &table.source).await.map_err(Error::sql(ctx))?;
         let Some(info) = info else {
-            fail(&subject, format!("table {} does not exist on the source", table.source.readable()));
+            fail(
+                &subject,
+                format!("table {} does not exist on the source", table.source.readable()),
+            );
             continue;
         };
         for problem in key_problems(&table.source.readable(), &info, table.key.as_deref(), i) {
@@ -196,40 +210,38 @@ async fn check(
     }
 
     let publication = &cfg.source.publication;
-    let create_publication = match catalog::publication_info(source, publication)
-        .await
-        .map_err(Error::sql(ctx))?
-    {
-        None => true,
-        Some(info) => {
-            let missing: Vec<String> = cfg
-                .tables
-                .iter()
-                .filter(|t| !info.covers(&t.source))
-                .map(|t| t.source.readable())
-                .collect();
-            if !missing.is_empty() {
-                fail(
-                    "source.publication",
-                    format!(
-                        "publication {publication} exists but does not publish {}: add them \
+    let create_publication =
+        match catalog::publication_info(source, publication).await.map_err(Error::sql(ctx))? {
+            None => true,
+            Some(info) => {
+                let missing: Vec<String> = cfg
+                    .tables
+                    .iter()
+                    .filter(|t| !info.covers(&t.source))
+                    .map(|t| t.source.readable())
+                    .collect();
+                if !missing.is_empty() {
+                    fail(
+                        "source.publication",
+                        format!(
+                            "publication {publication} exists but does not publish {}: add them \
                          with ALTER PUBLICATION or choose another source.publication",
-                        missing.join(", ")
-                    ),
-                );
-            }
-            if info.operations.iter().any(|op| !op) {
-                fail(
-                    "source.publication",
-                    format!(
-                        "publication {publication} does not publish every operation: \
+                            missing.join(", ")
+                        ),
+                    );
+                }
+                if info.operations.iter().any(|op| !op) {
+                    fail(
+                        "source.publication",
+                        format!(
+                            "publication {publication} does not publish every operation: \
                          set publish = 'insert, update, delete, truncate'"
-                    ),
-                );
+                        ),
+                    );
+                }
+                false
             }
-            false
-        }
-    };
+        };
 
     let slot_name = &cfg.source.slot;
     let create_slot = match catalog::slot_info(source, slot_name).await.map_err(Error::sql(ctx))? {
@@ -273,7 +285,12 @@ async fn check(
 }
 
 /// Problems with a table's key and replica identity.
-fn key_problems(table: &str, info: &TableInfo, key: Option<&[String]>, index: usize) -> Vec<String> {
+fn key_problems(
+    table: &str,
+    info: &TableInfo,
+    key: Option<&[String]>,
+    index: usize,
+) -> Vec<String> {
     let mut problems = Vec::new();
     if !matches!(info.relkind, 'r' | 'p') {
         problems.push(format!("{table} is not a table (relkind '{}')", info.relkind));
@@ -282,7 +299,9 @@ fn key_problems(table: &str, info: &TableInfo, key: Option<&[String]>, index: us
     if let Some(key) = key {
         for column in key {
             if !info.columns.iter().any(|c| &c.name == column) {
-                problems.push(format!("tables[{index}].key: column {column:?} does not exist in {table}"));
+                problems.push(format!(
+                    "tables[{index}].key: column {column:?} does not exist in {table}"
+                ));
             }
         }
     } else if info.primary_key.is_none() {
@@ -304,7 +323,8 @@ fn key_problems(table: &str, info: &TableInfo, key: Option<&[String]>, index: us
         }
         ReplicaIdentity::Default | ReplicaIdentity::Index => {
             if let (Some(key), Some(identity)) = (key, info.identity_columns()) {
-                let uncovered: Vec<&String> = key.iter().filter(|k| !identity.contains(k)).collect();
+                let uncovered: Vec<&String> =
+                    key.iter().filter(|k| !identity.contains(k)).collect();
                 if !uncovered.is_empty() {
                     problems.push(format!(
                         "tables[{index}].key columns {uncovered:?} are not part of the replica \

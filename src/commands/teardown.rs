@@ -38,8 +38,11 @@ pub async fn run(cfg: &ValidatedConfig, yes: bool, out: &mut dyn Write) -> Resul
     let mut lines = Vec::new();
     if let Some(slot) = &inventory.slot {
         let retained = slot.retained_wal_bytes.map(format_bytes).unwrap_or_else(|| "no".into());
-        let active = slot.active_pid.map(|pid| format!(", in use by pid {pid}")).unwrap_or_default();
-        lines.push(format!("replication slot {slot_name} on the source (retains {retained} of WAL{active})"));
+        let active =
+            slot.active_pid.map(|pid| format!(", in use by pid {pid}")).unwrap_or_default();
+        lines.push(format!(
+            "replication slot {slot_name} on the source (retains {retained} of WAL{active})"
+        ));
     }
     if inventory.publication {
         lines.push(format!("publication {publication} on the source"));
@@ -56,8 +59,12 @@ pub async fn run(cfg: &ValidatedConfig, yes: bool, out: &mut dyn Write) -> Resul
     }
     let write_err = Error::Output;
     if lines.is_empty() {
-        writeln!(out, "nothing to drop: no slot, publication or state schema of migration {}", cfg.migration_name)
-            .map_err(write_err)?;
+        writeln!(
+            out,
+            "nothing to drop: no slot, publication or state schema of migration {}",
+            cfg.migration_name
+        )
+        .map_err(write_err)?;
         return Ok(());
     }
     if !yes {
@@ -84,7 +91,10 @@ pub async fn run(cfg: &ValidatedConfig, yes: bool, out: &mut dyn Write) -> Resul
     }
     if inventory.publication {
         source
-            .batch_execute(&format!("drop publication if exists {}", escape_identifier(publication)))
+            .batch_execute(&format!(
+                "drop publication if exists {}",
+                escape_identifier(publication)
+            ))
             .await
             .map_err(Error::sql(format!("dropping publication {publication}")))?;
         writeln!(out, "dropped publication {publication}").map_err(write_err)?;
@@ -106,10 +116,14 @@ async fn drop_state(
             .execute("delete from walshift.migrations where name = $1", &[&cfg.migration_name])
             .await
             .map_err(Error::sql("deleting this migration's state"))?;
-        writeln!(out, "deleted the state of migration {}", cfg.migration_name).map_err(Error::Output)?;
+        writeln!(out, "deleted the state of migration {}", cfg.migration_name)
+            .map_err(Error::Output)?;
     } else {
         target
-            .batch_execute(&format!("drop schema if exists {} cascade", escape_identifier(migrate::STATE_SCHEMA)))
+            .batch_execute(&format!(
+                "drop schema if exists {} cascade",
+                escape_identifier(migrate::STATE_SCHEMA)
+            ))
             .await
             .map_err(Error::sql("dropping the state schema"))?;
         writeln!(out, "dropped schema {}", migrate::STATE_SCHEMA).map_err(Error::Output)?;
@@ -117,11 +131,17 @@ async fn drop_state(
     Ok(())
 }
 
-async fn inventory(cfg: &ValidatedConfig, source: &Client, target: &Client) -> Result<Inventory, Error> {
+async fn inventory(
+    cfg: &ValidatedConfig,
+    source: &Client,
+    target: &Client,
+) -> Result<Inventory, Error> {
     let ctx = "listing walshift's objects";
     let slot = catalog::slot_info(source, &cfg.source.slot).await.map_err(Error::sql(ctx))?;
-    let publication =
-        catalog::publication_info(source, &cfg.source.publication).await.map_err(Error::sql(ctx))?.is_some();
+    let publication = catalog::publication_info(source, &cfg.source.publication)
+        .await
+        .map_err(Error::sql(ctx))?
+        .is_some();
     let state_schema = migrate::state_schema_exists(target).await.map_err(Error::sql(ctx))?;
     let other_migrations = if state_schema {
         target

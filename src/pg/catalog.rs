@@ -125,7 +125,11 @@ pub async fn table_info(
         .await?
         .iter()
         .map(|r| {
-            Ok(ColumnInfo { name: r.try_get(0)?, type_name: r.try_get(1)?, not_null: r.try_get(2)? })
+            Ok(ColumnInfo {
+                name: r.try_get(0)?,
+                type_name: r.try_get(1)?,
+                not_null: r.try_get(2)?,
+            })
         })
         .collect::<Result<Vec<_>, tokio_postgres::Error>>()?;
     Ok(Some(TableInfo {

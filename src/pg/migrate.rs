@@ -11,8 +11,7 @@ use tokio_postgres::Client;
 pub const STATE_SCHEMA: &str = "walshift";
 
 /// The migrations, in order: (version, name, SQL).
-const MIGRATIONS: &[(i32, &str, &str)] =
-    &[(1, "state", include_str!("../../sql/0001_state.sql"))];
+const MIGRATIONS: &[(i32, &str, &str)] = &[(1, "state", include_str!("../../sql/0001_state.sql"))];
 
 /// Advisory lock key serializing migrations ("walshift" in ASCII, truncated).
 const MIGRATION_LOCK_KEY: i64 = 0x7761_6C73_6869_6674;
@@ -20,7 +19,10 @@ const MIGRATION_LOCK_KEY: i64 = 0x7761_6C73_6869_6674;
 /// Whether the state schema exists on the target.
 pub async fn state_schema_exists(client: &Client) -> Result<bool, tokio_postgres::Error> {
     let row = client
-        .query_one("select exists (select 1 from pg_namespace where nspname = $1)", &[&STATE_SCHEMA])
+        .query_one(
+            "select exists (select 1 from pg_namespace where nspname = $1)",
+            &[&STATE_SCHEMA],
+        )
         .await?;
     row.try_get(0)
 }

@@ -16,12 +16,14 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
 
 use crate::pg::conninfo::{ConnInfo, SslMode};
 
@@ -110,8 +112,8 @@ pub fn build_config(info: &ConnInfo) -> Result<ClientConfig, TlsError> {
             let certs = CertificateDer::pem_file_iter(cert)
                 .and_then(|it| it.collect::<Result<Vec<_>, _>>())
                 .map_err(|e| bad_file("client certificate", cert, e))?;
-            let key = PrivateKeyDer::from_pem_file(key)
-                .map_err(|e| bad_file("client key", key, e))?;
+            let key =
+                PrivateKeyDer::from_pem_file(key).map_err(|e| bad_file("client key", key, e))?;
             builder.with_client_auth_cert(certs, key)?
         }
         _ => builder.with_no_client_auth(),
@@ -172,8 +174,13 @@ impl ServerCertVerifier for ChainOnlyVerifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
-        {
+        match self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        ) {
             Ok(ok) => Ok(ok),
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
@@ -247,4 +254,3 @@ impl ServerCertVerifier for NoVerifier {
         self.algorithms.supported_schemes()
     }
 }
-

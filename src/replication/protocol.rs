@@ -226,7 +226,10 @@ mod tests {
             ));
         }
         assert!(ServerMessage::parse(Bytes::from_static(b"k\0\0")).is_err());
-        assert_eq!(ServerMessage::parse(Bytes::from_static(b"z")), Err(ProtocolError::UnknownTag(b'z')));
+        assert_eq!(
+            ServerMessage::parse(Bytes::from_static(b"z")),
+            Err(ProtocolError::UnknownTag(b'z'))
+        );
     }
 
     #[test]

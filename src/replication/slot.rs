@@ -51,22 +51,27 @@ pub struct CreatedSlot {
 }
 
 /// Runs `IDENTIFY_SYSTEM`.
-pub async fn identify_system(conn: &mut ReplicationConnection) -> Result<SystemIdentity, SlotError> {
+pub async fn identify_system(
+    conn: &mut ReplicationConnection,
+) -> Result<SystemIdentity, SlotError> {
     const COMMAND: &str = "IDENTIFY_SYSTEM";
     let result = conn.simple_query(COMMAND).await?;
     let missing = |col: &str| SlotError::BadAnswer { command: COMMAND, what: format!("no {col}") };
     let system_id = result.first("systemid").ok_or_else(|| missing("systemid"))?.to_owned();
-    let timeline = result
-        .first("timeline")
-        .ok_or_else(|| missing("timeline"))?
-        .parse()
-        .map_err(|e| SlotError::BadAnswer { command: COMMAND, what: format!("timeline: {e}") })?;
-    let xlog_pos = result
-        .first("xlogpos")
-        .ok_or_else(|| missing("xlogpos"))?
-        .parse()
-        .map_err(|e| SlotError::BadAnswer { command: COMMAND, what: format!("xlogpos: {e}") })?;
-    Ok(SystemIdentity { system_id, timeline, xlog_pos, dbname: result.first("dbname").map(str::to_owned) })
+    let timeline =
+        result.first("timeline").ok_or_else(|| missing("timeline"))?.parse().map_err(|e| {
+            SlotError::BadAnswer { command: COMMAND, what: format!("timeline: {e}") }
+        })?;
+    let xlog_pos =
+        result.first("xlogpos").ok_or_else(|| missing("xlogpos"))?.parse().map_err(|e| {
+            SlotError::BadAnswer { command: COMMAND, what: format!("xlogpos: {e}") }
+        })?;
+    Ok(SystemIdentity {
+        system_id,
+        timeline,
+        xlog_pos,
+        dbname: result.first("dbname").map(str::to_owned),
+    })
 }
 
 /// Creates a logical slot using `pgoutput`, without exporting a snapshot.
@@ -75,13 +80,22 @@ pub async fn create_logical_slot(
     name: &str,
 ) -> Result<CreatedSlot, SlotError> {
     const COMMAND: &str = "CREATE_REPLICATION_SLOT";
-    let sql = format!("CREATE_REPLICATION_SLOT {} LOGICAL pgoutput NOEXPORT_SNAPSHOT", escape_identifier(name));
+    let sql = format!(
+        "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput NOEXPORT_SNAPSHOT",
+        escape_identifier(name)
+    );
     let result = conn.simple_query(&sql).await?;
     let consistent_point = result
         .first("consistent_point")
-        .ok_or_else(|| SlotError::BadAnswer { command: COMMAND, what: "no consistent_point".into() })?
+        .ok_or_else(|| SlotError::BadAnswer {
+            command: COMMAND,
+            what: "no consistent_point".into(),
+        })?
         .parse()
-        .map_err(|e| SlotError::BadAnswer { command: COMMAND, what: format!("consistent_point: {e}") })?;
+        .map_err(|e| SlotError::BadAnswer {
+            command: COMMAND,
+            what: format!("consistent_point: {e}"),
+        })?;
     Ok(CreatedSlot {
         name: name.to_owned(),
         consistent_point,

@@ -150,7 +150,7 @@ pub enum WireError {
     Scram(io::Error),
     /// The server answered with an error.
     #[error("server error: {0}")]
-    Server(ServerError),
+    Server(Box<ServerError>),
     /// The server sent a message that is not valid in the current state.
     #[error("protocol violation: expected {expected}, got message {tag:?}")]
     Unexpected {
@@ -347,14 +347,15 @@ impl ReplicationConnection {
             b'S' => {
                 let name = tls::server_name(host)?;
                 let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-                let tls = connector
-                    .connect(name, tcp)
-                    .await
-                    .map_err(|source| TlsError::Handshake { endpoint: endpoint.to_owned(), source })?;
+                let tls = connector.connect(name, tcp).await.map_err(|source| {
+                    TlsError::Handshake { endpoint: endpoint.to_owned(), source }
+                })?;
                 Ok(Stream::Tls(Box::new(tls)))
             }
             b'N' if !tls::requires_tls(info.ssl_mode) => Ok(Stream::Tcp(tcp)),
-            b'N' => Err(WireError::TlsRefused { endpoint: endpoint.to_owned(), mode: info.ssl_mode }),
+            b'N' => {
+                Err(WireError::TlsRefused { endpoint: endpoint.to_owned(), mode: info.ssl_mode })
+            }
             other => Err(WireError::Unexpected {
                 expected: "SSLRequest answer 'S' or 'N'",
                 tag: char::from(other),
@@ -389,7 +390,7 @@ impl ReplicationConnection {
                 }
                 backend::Message::BackendKeyData(_) | backend::Message::NoticeResponse(_) => {}
                 backend::Message::ErrorResponse(body) => {
-                    return Err(WireError::Server(ServerError::from_body(&body)));
+                    return Err(WireError::Server(Box::new(ServerError::from_body(&body))));
                 }
                 other => return Err(unexpected("ReadyForQuery", &other)),
             }
@@ -410,8 +411,11 @@ impl ReplicationConnection {
                     .map_err(WireError::Malformed)?;
             }
             backend::Message::AuthenticationMd5Password(body) => {
-                let hash =
-                    postgres_protocol::authentication::md5_hash(info.user.as_bytes(), password()?, body.salt());
+                let hash = postgres_protocol::authentication::md5_hash(
+                    info.user.as_bytes(),
+                    password()?,
+                    body.salt(),
+                );
                 frontend::password_message(hash.as_bytes(), &mut self.write_buf)
                     .map_err(WireError::Malformed)?;
             }
@@ -429,7 +433,7 @@ impl ReplicationConnection {
                 self.scram(password()?).await?;
             }
             backend::Message::ErrorResponse(body) => {
-                return Err(WireError::Server(ServerError::from_body(&body)));
+                return Err(WireError::Server(Box::new(ServerError::from_body(&body))));
             }
             backend::Message::AuthenticationGss
             | backend::Message::AuthenticationGssContinue(_)
@@ -446,7 +450,7 @@ impl ReplicationConnection {
         match self.read_message().await? {
             backend::Message::AuthenticationOk => Ok(()),
             backend::Message::ErrorResponse(body) => {
-                Err(WireError::Server(ServerError::from_body(&body)))
+                Err(WireError::Server(Box::new(ServerError::from_body(&body))))
             }
             other => Err(unexpected("AuthenticationOk", &other)),
         }
@@ -464,7 +468,7 @@ impl ReplicationConnection {
                 scram.update(body.data()).map_err(WireError::Scram)?;
             }
             backend::Message::ErrorResponse(body) => {
-                return Err(WireError::Server(ServerError::from_body(&body)));
+                return Err(WireError::Server(Box::new(ServerError::from_body(&body))));
             }
             other => return Err(unexpected("AuthenticationSASLContinue", &other)),
         }
@@ -476,7 +480,7 @@ impl ReplicationConnection {
                 scram.finish(body.data()).map_err(WireError::Scram)
             }
             backend::Message::ErrorResponse(body) => {
-                Err(WireError::Server(ServerError::from_body(&body)))
+                Err(WireError::Server(Box::new(ServerError::from_body(&body))))
             }
             other => Err(unexpected("AuthenticationSASLFinal", &other)),
         }
@@ -507,13 +511,9 @@ impl ReplicationConnection {
                     let mut ranges = row.ranges();
                     let mut values = Vec::with_capacity(result.columns.len());
                     while let Some(range) = ranges.next().map_err(WireError::Malformed)? {
-                        values.push(match range {
-                            Some(r) => Some(
-                                String::from_utf8_lossy(buf.get(r).unwrap_or_default())
-                                    .into_owned(),
-                            ),
-                            None => None,
-                        });
+                        values.push(range.map(|r| {
+                            String::from_utf8_lossy(buf.get(r).unwrap_or_default()).into_owned()
+                        }));
                     }
                     result.rows.push(values);
                 }
@@ -522,7 +522,7 @@ impl ReplicationConnection {
                 }
                 backend::Message::ReadyForQuery(_) => {
                     return match error {
-                        Some(e) => Err(WireError::Server(e)),
+                        Some(e) => Err(WireError::Server(Box::new(e))),
                         None => Ok(result),
                     };
                 }
@@ -552,7 +552,7 @@ impl ReplicationConnection {
                             let err = ServerError::from_body(&body);
                             // Drain to ReadyForQuery so the connection stays usable.
                             self.drain_until_ready().await?;
-                            return Err(WireError::Server(err));
+                            return Err(WireError::Server(Box::new(err)));
                         }
                         Some(other) => return Err(unexpected("CopyBothResponse", &other)),
                         None => return Err(WireError::Closed),
@@ -591,9 +591,11 @@ impl ReplicationConnection {
                 // Notices and parameter changes can arrive at any time.
                 backend::NOTICE_RESPONSE_TAG | backend::PARAMETER_STATUS_TAG => continue,
                 backend::ERROR_RESPONSE_TAG => {
-                    return match backend::Message::parse(&mut frame).map_err(WireError::Malformed)? {
+                    return match backend::Message::parse(&mut frame)
+                        .map_err(WireError::Malformed)?
+                    {
                         Some(backend::Message::ErrorResponse(body)) => {
-                            Err(WireError::Server(ServerError::from_body(&body)))
+                            Err(WireError::Server(Box::new(ServerError::from_body(&body))))
                         }
                         _ => Err(WireError::Closed),
                     };

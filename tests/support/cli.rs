@@ -4,7 +4,7 @@
 //! on drop) and runs commands with it; [`TailProcess`] runs `walshift tail`
 //! in the background and collects its JSON lines.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -71,11 +71,6 @@ impl Walshift {
         let config = dir.join("walshift.toml");
         std::fs::write(&config, toml).expect("write config");
         Walshift { dir, config }
-    }
-
-    /// The config file's path.
-    pub fn config_path(&self) -> &Path {
-        &self.config
     }
 
     fn command(&self, args: &[&str]) -> Command {
@@ -169,7 +164,11 @@ impl TailProcess {
 
     /// Waits until at least `n` row-change lines were printed; returns all lines.
     #[track_caller]
-    pub fn wait_for_rows(&self, n: usize, timeout: Duration) -> impl Future<Output = Vec<serde_json::Value>> + '_ {
+    pub fn wait_for_rows(
+        &self,
+        n: usize,
+        timeout: Duration,
+    ) -> impl Future<Output = Vec<serde_json::Value>> + '_ {
         wait_until(&format!("tail prints {n} row changes"), timeout, async move || {
             let lines = self.lines();
             (lines.iter().filter(|l| l.get("op").is_some()).count() >= n).then_some(lines)
@@ -197,10 +196,15 @@ impl TailProcess {
     }
 
     /// Waits for it to exit by itself (e.g. `--endpos`).
-    pub async fn wait(mut self, timeout: Duration) -> (Option<i32>, Vec<serde_json::Value>, String) {
+    pub async fn wait(
+        mut self,
+        timeout: Duration,
+    ) -> (Option<i32>, Vec<serde_json::Value>, String) {
         let status = tokio::time::timeout(timeout, self.child.wait())
             .await
-            .unwrap_or_else(|_| panic!("tail did not exit within {timeout:?}; stderr:\n{}", self.stderr()))
+            .unwrap_or_else(|_| {
+                panic!("tail did not exit within {timeout:?}; stderr:\n{}", self.stderr())
+            })
             .expect("wait for tail");
         self.drain().await;
         (status.code(), self.lines(), self.stderr())

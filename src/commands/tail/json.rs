@@ -32,7 +32,9 @@ use crate::replication::pgoutput::{
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RenderError {
     /// A change refers to a relation the server never described.
-    #[error("change at {lsn} refers to unknown relation id {rel_id} (no Relation message received)")]
+    #[error(
+        "change at {lsn} refers to unknown relation id {rel_id} (no Relation message received)"
+    )]
     UnknownRelation {
         /// Position of the change.
         lsn: Lsn,
@@ -40,7 +42,9 @@ pub enum RenderError {
         rel_id: u32,
     },
     /// A tuple does not have as many columns as its relation.
-    #[error("tuple at {lsn} for {table} has {got} columns, but its Relation message has {expected}")]
+    #[error(
+        "tuple at {lsn} for {table} has {got} columns, but its Relation message has {expected}"
+    )]
     ColumnCount {
         /// Position of the change.
         lsn: Lsn,
@@ -88,7 +92,12 @@ impl TxnContext {
         let mut commit_time = [0u8; 32];
         let len = text.len().min(32);
         commit_time[..len].copy_from_slice(&text.as_bytes()[..len]);
-        TxnContext { commit_lsn: begin.final_lsn, xid: begin.xid, commit_time, commit_time_len: len }
+        TxnContext {
+            commit_lsn: begin.final_lsn,
+            xid: begin.xid,
+            commit_time,
+            commit_time_len: len,
+        }
     }
 
     fn commit_time(&self) -> &[u8] {
@@ -272,7 +281,7 @@ impl Renderer {
         field_lsn(out, "commit_lsn", commit.commit_lsn);
         out.push(b',');
         field_lsn(out, "end_lsn", commit.end_lsn);
-        let _ = write!(out, ",\"xid\":{},\"commit_time\":\"{}\"}}\n", txn.xid, commit.commit_time);
+        let _ = writeln!(out, ",\"xid\":{},\"commit_time\":\"{}\"}}", txn.xid, commit.commit_time);
     }
 
     /// Writes a `relation` event line (the server (re)described a table).
@@ -315,16 +324,22 @@ impl Renderer {
             }
             out.extend_from_slice(&self.view(lsn, *rel_id)?.table_json);
         }
-        let _ = write!(
+        let _ = writeln!(
             out,
-            "],\"cascade\":{},\"restart_identity\":{}}}\n",
+            "],\"cascade\":{},\"restart_identity\":{}}}",
             truncate.cascade, truncate.restart_identity
         );
         Ok(())
     }
 
     /// Writes a `message` event line (`pg_logical_emit_message`).
-    pub fn message(&self, out: &mut Vec<u8>, lsn: Lsn, txn: Option<&TxnContext>, msg: &LogicalMessage) {
+    pub fn message(
+        &self,
+        out: &mut Vec<u8>,
+        lsn: Lsn,
+        txn: Option<&TxnContext>,
+        msg: &LogicalMessage,
+    ) {
         out.extend_from_slice(b"{\"event\":\"message\",");
         field_lsn(out, "lsn", lsn);
         if let Some(txn) = txn {
@@ -403,8 +418,16 @@ mod tests {
         let mut out = Vec::new();
         let new = tuple(vec![text("2"), TupleValue::UnchangedToast, TupleValue::Null]);
         let old = tuple(vec![text("1"), TupleValue::Null, TupleValue::Null]);
-        r.row(&mut out, Lsn(0x10), &txn(), 7, Op::Update, Some(&new), Some((OldTupleKind::Key, &old)))
-            .unwrap();
+        r.row(
+            &mut out,
+            Lsn(0x10),
+            &txn(),
+            7,
+            Op::Update,
+            Some(&new),
+            Some((OldTupleKind::Key, &old)),
+        )
+        .unwrap();
         let line: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(
             line,

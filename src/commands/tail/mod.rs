@@ -135,7 +135,7 @@ pub async fn run(
                 backoff = INITIAL_BACKOFF;
                 match tail.pump(stream, &mut shutdown).await {
                     Ok(end) => return Ok((end, tail.summary)),
-                    Err(TailError::Fatal(err)) => return Err(err),
+                    Err(TailError::Fatal(err)) => return Err(*err),
                     Err(TailError::Stream(err)) => err,
                 }
             }
@@ -180,12 +180,22 @@ enum TailError {
     /// Reconnecting may help.
     Stream(StreamError),
     /// Stop.
-    Fatal(Error),
+    Fatal(Box<Error>),
+}
+
+impl TailError {
+    fn fatal(err: Error) -> TailError {
+        TailError::Fatal(Box::new(err))
+    }
 }
 
 impl From<StreamError> for TailError {
     fn from(err: StreamError) -> Self {
-        if err.is_transient() { TailError::Stream(err) } else { TailError::Fatal(Error::Stream(err)) }
+        if err.is_transient() {
+            TailError::Stream(err)
+        } else {
+            TailError::fatal(Error::Stream(err))
+        }
     }
 }
 
@@ -232,7 +242,11 @@ impl Tail<'_> {
     }
 
     /// Writes what is buffered, confirms it, says goodbye to the server.
-    async fn finish(&mut self, mut stream: LogicalStream, end: TailEnd) -> Result<TailEnd, TailError> {
+    async fn finish(
+        &mut self,
+        mut stream: LogicalStream,
+        end: TailEnd,
+    ) -> Result<TailEnd, TailError> {
         let closed = !self.flush_or_closed();
         if !self.args.no_ack {
             stream.confirm_flushed(self.written);
@@ -287,7 +301,7 @@ impl Tail<'_> {
 
     fn open_txn(&self, lsn: Lsn) -> Result<&OpenTxn, TailError> {
         self.txn.as_ref().ok_or_else(|| {
-            TailError::Fatal(Error::Precondition(format!(
+            TailError::fatal(Error::Precondition(format!(
                 "protocol violation: change at {lsn} outside a transaction"
             )))
         })
@@ -310,7 +324,8 @@ impl Tail<'_> {
             }
             StreamEvent::Message { lsn, message } => (lsn, message),
         };
-        let render_err = |e: json::RenderError| TailError::Fatal(Error::Precondition(e.to_string()));
+        let render_err =
+            |e: json::RenderError| TailError::fatal(Error::Precondition(e.to_string()));
         match message {
             PgOutputMessage::Begin(begin) => {
                 if let Some(endpos) = self.args.endpos
@@ -320,7 +335,7 @@ impl Tail<'_> {
                     return Ok(Step::Stop(TailEnd::EndposReached));
                 }
                 if self.txn.is_some() {
-                    return Err(TailError::Fatal(Error::Precondition(format!(
+                    return Err(TailError::fatal(Error::Precondition(format!(
                         "protocol violation: BEGIN at {lsn} inside an open transaction"
                     ))));
                 }
@@ -337,7 +352,7 @@ impl Tail<'_> {
                 let txn = self.open_txn(lsn)?;
                 let ctx = txn.ctx;
                 if ctx.commit_lsn != commit.commit_lsn {
-                    return Err(TailError::Fatal(Error::Precondition(format!(
+                    return Err(TailError::fatal(Error::Precondition(format!(
                         "protocol violation: COMMIT at {} does not match BEGIN at {}",
                         commit.commit_lsn, ctx.commit_lsn
                     ))));
@@ -366,7 +381,15 @@ impl Tail<'_> {
                 let ctx = self.open_txn(lsn)?.ctx;
                 if self.next_line_is_new() {
                     self.renderer
-                        .row(&mut self.out, lsn, &ctx, insert.rel_id, Op::Insert, Some(&insert.new_tuple), None)
+                        .row(
+                            &mut self.out,
+                            lsn,
+                            &ctx,
+                            insert.rel_id,
+                            Op::Insert,
+                            Some(&insert.new_tuple),
+                            None,
+                        )
                         .map_err(render_err)?;
                     self.summary.rows += 1;
                 }
@@ -376,7 +399,15 @@ impl Tail<'_> {
                 if self.next_line_is_new() {
                     let old = update.old_tuple.as_ref().map(|o| (o.kind, &o.tuple));
                     self.renderer
-                        .row(&mut self.out, lsn, &ctx, update.rel_id, Op::Update, Some(&update.new_tuple), old)
+                        .row(
+                            &mut self.out,
+                            lsn,
+                            &ctx,
+                            update.rel_id,
+                            Op::Update,
+                            Some(&update.new_tuple),
+                            old,
+                        )
                         .map_err(render_err)?;
                     self.summary.rows += 1;
                 }
@@ -394,7 +425,9 @@ impl Tail<'_> {
             PgOutputMessage::Truncate(truncate) => {
                 let ctx = self.open_txn(lsn)?.ctx;
                 if self.args.all && self.next_line_is_new() {
-                    self.renderer.truncate(&mut self.out, lsn, &ctx, &truncate).map_err(render_err)?;
+                    self.renderer
+                        .truncate(&mut self.out, lsn, &ctx, &truncate)
+                        .map_err(render_err)?;
                 }
             }
             PgOutputMessage::Message(message) => {

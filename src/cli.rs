@@ -37,6 +37,17 @@ pub enum Command {
     Teardown(TeardownArgs),
     /// Print decoded changes from the slot as JSON lines.
     Tail(TailArgs),
+    /// Run the pipeline on a throwaway local PostgreSQL cluster with a write
+    /// workload, then remove it. Needs no config file.
+    Demo(DemoArgs),
+}
+
+/// Arguments of `demo`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DemoArgs {
+    /// How long the write workload runs, in seconds.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub duration_secs: u64,
 }
 
 /// Arguments of `teardown`.

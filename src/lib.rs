@@ -22,6 +22,7 @@
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod demo;
 pub mod error;
 pub mod lsn;
 pub mod pg;

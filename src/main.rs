@@ -4,11 +4,14 @@
 
 use std::process::ExitCode;
 
+use std::time::Duration;
+
 use clap::Parser;
 
 use walshift::cli::{Cli, Command};
 use walshift::commands::{self, setup::Outcome};
 use walshift::config::{Config, ValidatedConfig};
+use walshift::demo::{self, DemoOptions};
 use walshift::error::{self, Error};
 use walshift::runtime::shutdown;
 
@@ -29,11 +32,15 @@ fn load_config(cli: &Cli) -> Result<ValidatedConfig, Error> {
 }
 
 fn try_main(cli: Cli) -> Result<error::ExitCode, Error> {
-    let cfg = load_config(&cli)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(Error::Runtime)?;
+    if let Command::Demo(args) = &cli.command {
+        let options = DemoOptions { duration: Duration::from_secs(args.duration_secs) };
+        return runtime.block_on(async { demo::run(options, shutdown::on_signals()).await });
+    }
+    let cfg = load_config(&cli)?;
     runtime.block_on(async move {
         match &cli.command {
             Command::Setup => {
@@ -71,6 +78,7 @@ fn try_main(cli: Cli) -> Result<error::ExitCode, Error> {
                 tracing::debug!(?end, "tail ended");
                 Ok(error::ExitCode::Success)
             }
+            Command::Demo(_) => Ok(error::ExitCode::Success),
         }
     })
 }

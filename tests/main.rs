@@ -4,6 +4,7 @@
 //! loopback ports and always removes again; see its module doc.
 
 mod connect;
+mod demo;
 mod harness;
 mod setup;
 mod support;

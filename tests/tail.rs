@@ -351,3 +351,24 @@ async fn reconnects_without_losing_or_repeating_changes() {
     assert_eq!(ids.len(), total, "no duplicates");
     assert_eq!((ids[0], ids[total - 1]), (1, i64::from(BATCHES * PER_BATCH)), "none lost");
 }
+
+/// `--start-lsn` skips transactions that committed before it.
+#[tokio::test]
+async fn start_lsn_skips_earlier_transactions() {
+    let db = TestDb::new(PgCluster::shared()).await;
+    db.execute("create table t (id int primary key)").await;
+    let ws = Walshift::for_db(&db, &[("public.t", "shadow.t")], "");
+    ws.run_ok(&["setup"]).await;
+    db.execute("insert into t values (1)").await;
+    let between = current_lsn(&db).await;
+    db.execute("insert into t values (2)").await;
+    let endpos = current_lsn(&db).await;
+    let (code, lines, stderr) =
+        ws.spawn_tail(&["--no-ack", "--start-lsn", &between, "--endpos", &endpos]).wait(WAIT).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let ids: Vec<&str> = rows(&lines).iter().map(|l| l["new"]["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["2"]);
+    // Without it, both (nothing was acknowledged).
+    let (_, lines, _) = ws.spawn_tail(&["--no-ack", "--endpos", &endpos]).wait(WAIT).await;
+    assert_eq!(rows(&lines).len(), 2);
+}

@@ -90,7 +90,7 @@ struct Tail<'a> {
     args: &'a TailArgs,
     renderer: Renderer,
     out: Vec<u8>,
-    sink: &'a mut dyn Write,
+    sink: &'a mut (dyn Write + Send),
     txn: Option<OpenTxn>,
     /// A transaction interrupted by a reconnect: (commit LSN, lines printed).
     resume: Option<(Lsn, u64)>,
@@ -106,7 +106,7 @@ pub async fn run(
     cfg: &ValidatedConfig,
     args: &TailArgs,
     mut shutdown: Shutdown,
-    sink: &mut dyn Write,
+    sink: &mut (dyn Write + Send),
 ) -> Result<(TailEnd, TailSummary), Error> {
     let url = cfg.source.url.with_application_name("walshift:tail");
     let mut tail = Tail {

@@ -112,6 +112,23 @@ async fn tls_require_and_verify_full() {
     let (code, _, stderr) = tail.stop().await;
     assert_eq!(code, Some(0), "{stderr}");
 
+    // prefer (no verification) and verify-ca (chain only) also negotiate TLS here.
+    let endpos: String =
+        client.query_one("select pg_current_wal_insert_lsn()::text", &[]).await.unwrap().get(0);
+    for params in ["sslmode=prefer".to_owned(), format!("sslmode=verify-ca&sslrootcert={ca}")] {
+        let ws = Walshift::for_url(
+            &with_params(&db.url(), &params),
+            &db.slot_name(),
+            &db.publication_name(),
+            &[("public.t", "shadow.t")],
+            "",
+        );
+        let (code, lines, stderr) =
+            ws.spawn_tail(&["--no-ack", "--endpos", &endpos]).wait(WAIT).await;
+        assert_eq!(code, Some(0), "{params}: {stderr}");
+        assert_eq!(rows(&lines).len(), 1, "{params}: row 3 once");
+    }
+
     // Plain text is refused by this server; verify-full without a CA file fails clearly.
     for (params, expected) in [
         ("sslmode=disable", "no pg_hba.conf entry"),
@@ -129,4 +146,21 @@ async fn tls_require_and_verify_full() {
         assert_ne!(out.status.code(), Some(0));
         assert!(stderr.contains(expected), "{params}: expected {expected:?} in {stderr}");
     }
+}
+
+/// libpq's key=value form works as well as URLs, quoting included.
+#[tokio::test]
+async fn key_value_connection_strings() {
+    let password = "it's a s3cret";
+    let cluster = PgCluster::start(ClusterOptions {
+        auth: Auth::Scram { user: "ws_kv".into(), password: password.into() },
+        ..ClusterOptions::default()
+    });
+    let db = TestDb::new(&cluster).await;
+    let (host, port) = cluster.host_port().split_once(':').unwrap();
+    let kv = format!(
+        "host={host} port={port} dbname={} user=ws_kv password='it\\\\'s a s3cret' sslmode=disable",
+        db.name()
+    );
+    setup_and_tail(&db, &kv).await;
 }

@@ -45,9 +45,15 @@ impl LocalCluster {
     /// Initializes and starts a cluster with `wal_level=logical`.
     pub fn start() -> Result<LocalCluster, ClusterError> {
         let bindir = find_bindir().ok_or(ClusterError::NoBinaries)?;
-        let run_as = if is_root() { Some(postgres_user().ok_or(ClusterError::NoPostgresUser)?) } else { None };
+        let run_as = if is_root() {
+            Some(postgres_user().ok_or(ClusterError::NoPostgresUser)?)
+        } else {
+            None
+        };
         let dir = std::env::temp_dir().join(format!("walshift-demo-{}", std::process::id()));
-        let step = |step: &'static str| move |e: std::io::Error| ClusterError::Step { step, detail: e.to_string() };
+        let step = |step: &'static str| {
+            move |e: std::io::Error| ClusterError::Step { step, detail: e.to_string() }
+        };
         std::fs::create_dir_all(&dir).map_err(step("creating the demo directory"))?;
         let mut cluster = LocalCluster { dir, bindir, port: 0, run_as, running: false };
         if let Some((uid, gid)) = run_as {
@@ -71,7 +77,8 @@ impl LocalCluster {
             cluster.dir.display()
         );
         let conf_path = Path::new(&data).join("postgresql.conf");
-        let mut text = std::fs::read_to_string(&conf_path).map_err(step("reading postgresql.conf"))?;
+        let mut text =
+            std::fs::read_to_string(&conf_path).map_err(step("reading postgresql.conf"))?;
         text.push_str(&conf);
         std::fs::write(&conf_path, text).map_err(step("writing postgresql.conf"))?;
         let log = cluster.dir.join("server.log").display().to_string();
@@ -103,7 +110,8 @@ impl LocalCluster {
     fn shutdown(&mut self) {
         if self.running {
             let data = self.data_dir();
-            if let Err(error) = self.run("pg_ctl stop", &["-D", &data, "-m", "fast", "-w", "stop"]) {
+            if let Err(error) = self.run("pg_ctl stop", &["-D", &data, "-m", "fast", "-w", "stop"])
+            {
                 tracing::warn!(error = %error, "stopping the demo cluster");
             }
             self.running = false;
@@ -152,7 +160,9 @@ fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines().find(|l| l.starts_with("Uid:")).and_then(|l| l.split_whitespace().nth(1).map(|u| u == "0"))
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(1).map(|u| u == "0"))
         })
         .unwrap_or(false)
 }
@@ -180,7 +190,10 @@ fn find_bindir() -> Option<PathBuf> {
         .filter(|d| d.join("initdb").is_file())
         .collect();
     candidates.sort_by_key(|d| {
-        d.parent().and_then(|p| p.file_name()).and_then(|n| n.to_str()).and_then(|n| n.parse::<u32>().ok())
+        d.parent()
+            .and_then(|p| p.file_name())
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.parse::<u32>().ok())
     });
     candidates.pop()
 }

@@ -64,13 +64,15 @@ async fn run_on(
          [[tables]]\nsource = \"public.usage_events\"\ntarget = \"billing_new.usage_events\"\n\n\
          [[tables]]\nsource = \"public.invoices\"\ntarget = \"billing_new.invoices\"\n"
     );
-    let cfg = Config::from_toml_str(&toml, std::path::Path::new("<demo>"), &|_| None)?
-        .validate()?;
+    let cfg =
+        Config::from_toml_str(&toml, std::path::Path::new("<demo>"), &|_| None)?.validate()?;
     let db = client::connect(&cfg.source.url, "demo", SessionLimits::ADMIN).await?;
     db.batch_execute(include_str!("../../sql/demo/seed_billing.sql"))
         .await
         .map_err(Error::sql("loading the seed billing schema"))?;
-    eprintln!("  loaded the seed billing schema: 100 organizations, 10000 usage events, 300 invoices");
+    eprintln!(
+        "  loaded the seed billing schema: 100 organizations, 10000 usage events, 300 invoices"
+    );
     setup::run(&cfg).await?;
     eprintln!("  setup: publication, replication slot and state schema created");
 
@@ -86,7 +88,10 @@ async fn run_on(
     });
 
     // The workload.
-    eprintln!("  running a write workload for {:?} while tail streams the changes:", options.duration);
+    eprintln!(
+        "  running a write workload for {:?} while tail streams the changes:",
+        options.duration
+    );
     let writer = client::connect(&cfg.source.url, "demo-workload", SessionLimits::ADMIN).await?;
     let written = Arc::new(AtomicU64::new(0));
     let stop_workload = Arc::new(AtomicBool::new(false));
@@ -147,7 +152,10 @@ async fn run_on(
     let written = written.load(Ordering::Relaxed);
     eprintln!("summary:");
     eprintln!("  row changes written by the workload: {written}");
-    eprintln!("  row changes streamed by walshift:    {} in {} transactions", summary.rows, summary.transactions);
+    eprintln!(
+        "  row changes streamed by walshift:    {} in {} transactions",
+        summary.rows, summary.transactions
+    );
     eprintln!("  elapsed: {:.1} s", started.elapsed().as_secs_f64());
     if interrupted {
         eprintln!("  interrupted: cleaning up");
@@ -211,9 +219,11 @@ async fn workload(
     let update_event = client
         .prepare("update usage_events set amount_cents = amount_cents + 1 where id = (select max(id) - $1 from usage_events)")
         .await?;
-    let delete_event =
-        client.prepare("delete from usage_events where id = (select min(id) from usage_events)").await?;
-    let rename_org = client.prepare("update organizations set plan = 'enterprise' where id = $1").await?;
+    let delete_event = client
+        .prepare("delete from usage_events where id = (select min(id) from usage_events)")
+        .await?;
+    let rename_org =
+        client.prepare("update organizations set plan = 'enterprise' where id = $1").await?;
     let mut i: i64 = 0;
     while !stop.load(Ordering::Relaxed) {
         i += 1;

@@ -73,6 +73,10 @@ pub enum Error {
     /// A precondition for the command is not met (e.g. the slot is missing).
     #[error("{0}")]
     Precondition(String),
+    /// The server sent something that breaks the replication protocol's
+    /// rules (a change outside a transaction, an unknown relation, ...).
+    #[error("replication protocol violation: {0}")]
+    Protocol(String),
     /// `teardown` was run without `--yes`.
     #[error("nothing dropped: re-run with --yes to drop the objects listed above")]
     ConfirmationRequired,

@@ -10,14 +10,13 @@ use clap::Parser;
 
 use walshift::cli::{Cli, Command};
 use walshift::commands::{self, setup::Outcome};
-use walshift::config::{Config, ValidatedConfig};
+use walshift::config::{Config, LogFormat, ValidatedConfig};
 use walshift::demo::{self, DemoOptions};
 use walshift::error::{self, Error};
 use walshift::runtime::shutdown;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    walshift::telemetry::init(cli.log_level.as_deref());
     match try_main(cli) {
         Ok(code) => code.into(),
         Err(err) => {
@@ -37,10 +36,13 @@ fn try_main(cli: Cli) -> Result<error::ExitCode, Error> {
         .build()
         .map_err(Error::Runtime)?;
     if let Command::Demo(args) = &cli.command {
+        walshift::telemetry::init(cli.log_level.as_deref(), LogFormat::Human);
         let options = DemoOptions { duration: Duration::from_secs(args.duration_secs) };
         return runtime.block_on(async { demo::run(options, shutdown::on_signals()).await });
     }
     let cfg = load_config(&cli)?;
+    let filter = cli.log_level.as_deref().unwrap_or(&cfg.log.level);
+    walshift::telemetry::init(Some(filter), cfg.log.format);
     runtime.block_on(async move {
         match &cli.command {
             Command::Setup => {

@@ -301,9 +301,7 @@ impl Tail<'_> {
 
     fn open_txn(&self, lsn: Lsn) -> Result<&OpenTxn, TailError> {
         self.txn.as_ref().ok_or_else(|| {
-            TailError::fatal(Error::Precondition(format!(
-                "protocol violation: change at {lsn} outside a transaction"
-            )))
+            TailError::fatal(Error::Protocol(format!("change at {lsn} outside a transaction")))
         })
     }
 
@@ -324,8 +322,7 @@ impl Tail<'_> {
             }
             StreamEvent::Message { lsn, message } => (lsn, message),
         };
-        let render_err =
-            |e: json::RenderError| TailError::fatal(Error::Precondition(e.to_string()));
+        let render_err = |e: json::RenderError| TailError::fatal(Error::Protocol(e.to_string()));
         match message {
             PgOutputMessage::Begin(begin) => {
                 if let Some(endpos) = self.args.endpos
@@ -335,8 +332,8 @@ impl Tail<'_> {
                     return Ok(Step::Stop(TailEnd::EndposReached));
                 }
                 if self.txn.is_some() {
-                    return Err(TailError::fatal(Error::Precondition(format!(
-                        "protocol violation: BEGIN at {lsn} inside an open transaction"
+                    return Err(TailError::fatal(Error::Protocol(format!(
+                        "BEGIN at {lsn} inside an open transaction"
                     ))));
                 }
                 let skip = match self.resume.take() {
@@ -352,8 +349,8 @@ impl Tail<'_> {
                 let txn = self.open_txn(lsn)?;
                 let ctx = txn.ctx;
                 if ctx.commit_lsn != commit.commit_lsn {
-                    return Err(TailError::fatal(Error::Precondition(format!(
-                        "protocol violation: COMMIT at {} does not match BEGIN at {}",
+                    return Err(TailError::fatal(Error::Protocol(format!(
+                        "COMMIT at {} does not match BEGIN at {}",
                         commit.commit_lsn, ctx.commit_lsn
                     ))));
                 }
@@ -454,5 +451,172 @@ impl Tail<'_> {
             PgOutputMessage::Origin(_) | PgOutputMessage::Type(_) => {}
         }
         Ok(Step::Continue)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::replication::pgoutput::{
+        Begin, Commit, Insert, PgTimestamp, Relation, RelationColumn, ReplicaIdentity, TupleData,
+        TupleValue,
+    };
+
+    fn args(all: bool, endpos: Option<Lsn>) -> TailArgs {
+        TailArgs { all, no_ack: false, endpos, start_lsn: None }
+    }
+
+    fn msg(lsn: u64, message: PgOutputMessage) -> StreamEvent {
+        StreamEvent::Message { lsn: Lsn(lsn), message }
+    }
+
+    fn relation() -> PgOutputMessage {
+        PgOutputMessage::Relation(Relation {
+            rel_id: 1,
+            namespace: "public".into(),
+            name: "t".into(),
+            replica_identity: ReplicaIdentity::Default,
+            columns: vec![RelationColumn {
+                flags: 1,
+                name: "id".into(),
+                type_oid: 23,
+                type_modifier: -1,
+            }],
+        })
+    }
+
+    /// A transaction committing at `commit` with rows `ids`.
+    fn txn(commit: u64, ids: &[u32]) -> Vec<StreamEvent> {
+        let mut events = vec![msg(
+            commit - 100,
+            PgOutputMessage::Begin(Begin {
+                final_lsn: Lsn(commit),
+                commit_time: PgTimestamp(0),
+                xid: 7,
+            }),
+        )];
+        for (i, id) in ids.iter().enumerate() {
+            events.push(msg(
+                commit - 99 + i as u64,
+                PgOutputMessage::Insert(Insert {
+                    rel_id: 1,
+                    new_tuple: TupleData {
+                        columns: vec![TupleValue::Text(Bytes::from(id.to_string()))],
+                    },
+                }),
+            ));
+        }
+        events.push(msg(
+            commit + 10,
+            PgOutputMessage::Commit(Commit {
+                flags: 0,
+                commit_lsn: Lsn(commit),
+                end_lsn: Lsn(commit + 10),
+                commit_time: PgTimestamp(0),
+            }),
+        ));
+        events
+    }
+
+    fn printed_ids(out: &[u8]) -> Vec<String> {
+        String::from_utf8_lossy(out)
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|v| v.get("op").is_some())
+            .map(|v| v["new"]["id"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    fn feed(tail: &mut Tail<'_>, events: Vec<StreamEvent>) -> Option<TailEnd> {
+        for event in events {
+            match tail.handle(event) {
+                Ok(Step::Continue) => {}
+                Ok(Step::Stop(end)) => return Some(end),
+                Err(_) => panic!("handle failed"),
+            }
+        }
+        None
+    }
+
+    fn new_tail<'a>(args: &'a TailArgs, sink: &'a mut Vec<u8>) -> Tail<'a> {
+        Tail {
+            args,
+            renderer: Renderer::default(),
+            out: Vec::new(),
+            sink,
+            txn: None,
+            resume: None,
+            done: Lsn::ZERO,
+            written: Lsn::ZERO,
+            summary: TailSummary::default(),
+        }
+    }
+
+    #[test]
+    fn a_transaction_resent_after_a_reconnect_is_printed_once() {
+        for all in [false, true] {
+            let args = args(all, None);
+            let mut sink = Vec::new();
+            let mut tail = new_tail(&args, &mut sink);
+            feed(&mut tail, vec![msg(0, relation())]);
+            feed(&mut tail, txn(1000, &[1, 2]));
+            // The next transaction breaks off after two of its three rows...
+            let mut second = txn(2000, &[3, 4, 5]);
+            second.truncate(3);
+            feed(&mut tail, second);
+            tail.connection_lost();
+            assert_eq!(tail.done, Lsn(1010), "restart after the last complete transaction");
+            // ...and the server sends it again from the start (with the relation).
+            feed(&mut tail, vec![msg(0, relation())]);
+            feed(&mut tail, txn(2000, &[3, 4, 5]));
+            feed(&mut tail, txn(3000, &[6]));
+            tail.flush().unwrap();
+            assert_eq!(tail.written, Lsn(3010));
+            let out = std::mem::take(&mut tail.out);
+            assert!(out.is_empty());
+            let lines = String::from_utf8_lossy(&sink).into_owned();
+            assert_eq!(printed_ids(lines.as_bytes()), ["1", "2", "3", "4", "5", "6"], "all={all}");
+            if all {
+                assert_eq!(lines.matches("\"event\":\"begin\"").count(), 3);
+                assert_eq!(lines.matches("\"event\":\"commit\"").count(), 3);
+            }
+        }
+    }
+
+    #[test]
+    fn endpos_stops_before_later_transactions_and_on_keepalives() {
+        let args = args(false, Some(Lsn(1500)));
+        let mut sink = Vec::new();
+        let mut tail = new_tail(&args, &mut sink);
+        feed(&mut tail, vec![msg(0, relation())]);
+        assert_eq!(feed(&mut tail, txn(1000, &[1])), None);
+        assert_eq!(feed(&mut tail, txn(2000, &[2])), Some(TailEnd::EndposReached));
+        tail.flush().unwrap();
+        assert_eq!(printed_ids(&sink), ["1"]);
+
+        let args = self::args(false, Some(Lsn(1500)));
+        let mut sink = Vec::new();
+        let mut tail = new_tail(&args, &mut sink);
+        let keepalive = |lsn| StreamEvent::Keepalive { wal_end: Lsn(lsn) };
+        assert_eq!(feed(&mut tail, vec![keepalive(1499)]), None);
+        assert_eq!(tail.done, Lsn(1499), "an idle keepalive is a resume point");
+        assert_eq!(feed(&mut tail, vec![keepalive(1500)]), Some(TailEnd::EndposReached));
+    }
+
+    #[test]
+    fn keepalives_inside_a_transaction_do_not_move_the_resume_point() {
+        let args = args(false, None);
+        let mut sink = Vec::new();
+        let mut tail = new_tail(&args, &mut sink);
+        feed(&mut tail, vec![msg(0, relation())]);
+        let mut events = txn(1000, &[1, 2]);
+        events.insert(2, StreamEvent::Keepalive { wal_end: Lsn(5000) });
+        let commit = events.pop().unwrap();
+        feed(&mut tail, events);
+        assert_eq!(tail.done, Lsn::ZERO);
+        feed(&mut tail, vec![commit]);
+        assert_eq!(tail.done, Lsn(1010));
     }
 }

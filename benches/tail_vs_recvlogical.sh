@@ -104,9 +104,12 @@ RECV="$(median "${recv_times[@]}")"
 /usr/bin/time -v "$BIN" --config "$CONF" --log-level warn tail --no-ack --endpos "$ENDPOS" \
     >/dev/null 2>"$BENCH_TMP/time.txt"
 RSS_KB="$(peak_rss_kb "$BENCH_TMP/time.txt")"
+CPU_S="$(awk -F: '/User time|System time/ {s += $2} END {print s}' "$BENCH_TMP/time.txt")"
+WALL_S="$(awk '/Elapsed \(wall clock\)/ {n = split($NF, p, ":"); t = 0; for (i = 1; i <= n; i++) t = t * 60 + p[i]; print t}' "$BENCH_TMP/time.txt")"
 
 printf '\nrow changes:            %d\n' "$ROWS"
 printf 'walshift tail:          %.2f s  (%.0f changes/s)  runs: %s\n' "$WS" "$(echo "$ROWS / $WS" | bc -l)" "${ws_times[*]}"
 printf 'pg_recvlogical:         %.2f s  (%.0f changes/s)  runs: %s\n' "$RECV" "$(echo "$ROWS / $RECV" | bc -l)" "${recv_times[*]}"
 printf 'time ratio walshift/pg_recvlogical: %.3f  (target <= 1.10)\n' "$(echo "$WS / $RECV" | bc -l)"
 printf 'walshift peak RSS:      %.1f MB  (target < 50 MB)\n' "$(echo "$RSS_KB / 1024" | bc -l)"
+printf 'walshift CPU:           %.2f s user+sys over %.2f s wall (%.0f%% of one core)\n' "$CPU_S" "$WALL_S" "$(echo "100 * $CPU_S / $WALL_S" | bc -l)"

@@ -13,16 +13,15 @@ fn with_params(url: &str, params: &str) -> String {
     format!("{url}{sep}{params}")
 }
 
+/// A config streaming `public.t` of `db` through `url`.
+fn walshift_for(db: &TestDb<'_>, url: &str) -> Walshift {
+    Walshift::for_url(url, &db.slot_name(), &db.publication_name(), &[("public.t", "shadow.t")], "")
+}
+
 /// Runs setup, writes two rows, and checks tail prints them.
 async fn setup_and_tail(db: &TestDb<'_>, url: &str) -> Walshift {
     db.execute("create table t (id int primary key, v text)").await;
-    let ws = Walshift::for_url(
-        url,
-        &db.slot_name(),
-        &db.publication_name(),
-        &[("public.t", "shadow.t")],
-        "",
-    );
+    let ws = walshift_for(db, url);
     ws.run_ok(&["setup"]).await;
     db.execute("insert into t values (1, 'a'), (2, 'b')").await;
     let client = db.client().await;
@@ -41,13 +40,7 @@ async fn password_auth(auth: Auth, user: &str, password: &str) {
 
     // A wrong password: a clear error, and the password never printed.
     let wrong = "Wr0ng-Pa55word";
-    let ws = Walshift::for_url(
-        &db.url_as(user, wrong),
-        &db.slot_name(),
-        &db.publication_name(),
-        &[("public.t", "shadow.t")],
-        "",
-    );
+    let ws = walshift_for(&db, &db.url_as(user, wrong));
     let out = ws.run(&["tail", "--no-ack"]).await;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
@@ -87,12 +80,9 @@ async fn tls_require_and_verify_full() {
     setup_and_tail(&db, &with_params(&db.url(), "sslmode=require")).await;
 
     // verify-full with the right CA: streams over TLS (checked on the server side).
-    let ws = Walshift::for_url(
+    let ws = walshift_for(
+        &db,
         &with_params(&db.url(), &format!("sslmode=verify-full&sslrootcert={ca}")),
-        &db.slot_name(),
-        &db.publication_name(),
-        &[("public.t", "shadow.t")],
-        "",
     );
     let tail = ws.spawn_tail(&["--no-ack"]);
     db.execute("insert into t values (3, 'c')").await;
@@ -116,13 +106,7 @@ async fn tls_require_and_verify_full() {
     let endpos: String =
         client.query_one("select pg_current_wal_insert_lsn()::text", &[]).await.unwrap().get(0);
     for params in ["sslmode=prefer".to_owned(), format!("sslmode=verify-ca&sslrootcert={ca}")] {
-        let ws = Walshift::for_url(
-            &with_params(&db.url(), &params),
-            &db.slot_name(),
-            &db.publication_name(),
-            &[("public.t", "shadow.t")],
-            "",
-        );
+        let ws = walshift_for(&db, &with_params(&db.url(), &params));
         let (code, lines, stderr) =
             ws.spawn_tail(&["--no-ack", "--endpos", &endpos]).wait(WAIT).await;
         assert_eq!(code, Some(0), "{params}: {stderr}");
@@ -134,13 +118,7 @@ async fn tls_require_and_verify_full() {
         ("sslmode=disable", "no pg_hba.conf entry"),
         ("sslmode=verify-full&sslrootcert=/nonexistent/root.crt", "cannot load root certificate"),
     ] {
-        let ws = Walshift::for_url(
-            &with_params(&db.url(), params),
-            &db.slot_name(),
-            &db.publication_name(),
-            &[("public.t", "shadow.t")],
-            "",
-        );
+        let ws = walshift_for(&db, &with_params(&db.url(), params));
         let out = ws.run(&["tail", "--no-ack"]).await;
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_ne!(out.status.code(), Some(0));

@@ -73,35 +73,38 @@ struct ColumnView {
     type_oid: u32,
 }
 
-/// The transaction a change belongs to.
+/// The transaction a change belongs to, with its JSON fields rendered once
+/// per transaction instead of once per row.
 #[derive(Debug, Clone, Copy)]
 pub struct TxnContext {
     /// Begin's final (commit) LSN.
     pub commit_lsn: Lsn,
     /// Transaction id.
     pub xid: u32,
-    /// Commit timestamp, already formatted.
-    commit_time: [u8; 32],
-    commit_time_len: usize,
+    /// `"commit_lsn":"…","xid":…,"commit_time":"…"` (at most 17 + 10 + 32
+    /// bytes of values; the buffer leaves room to spare).
+    fields: [u8; 128],
+    fields_len: usize,
 }
 
 impl TxnContext {
     /// Context of the transaction started by `begin`.
     pub fn from_begin(begin: &Begin) -> TxnContext {
-        let text = begin.commit_time.to_string();
-        let mut commit_time = [0u8; 32];
-        let len = text.len().min(32);
-        commit_time[..len].copy_from_slice(&text.as_bytes()[..len]);
-        TxnContext {
-            commit_lsn: begin.final_lsn,
-            xid: begin.xid,
-            commit_time,
-            commit_time_len: len,
-        }
+        let mut text = Vec::with_capacity(128);
+        let _ = write!(
+            text,
+            "\"commit_lsn\":\"{}\",\"xid\":{},\"commit_time\":\"{}\"",
+            begin.final_lsn, begin.xid, begin.commit_time
+        );
+        let mut fields = [0u8; 128];
+        let len = text.len().min(fields.len());
+        fields[..len].copy_from_slice(&text[..len]);
+        TxnContext { commit_lsn: begin.final_lsn, xid: begin.xid, fields, fields_len: len }
     }
 
-    fn commit_time(&self) -> &[u8] {
-        &self.commit_time[..self.commit_time_len]
+    /// The rendered fields, without surrounding braces or commas.
+    fn fields(&self) -> &[u8] {
+        &self.fields[..self.fields_len]
     }
 }
 
@@ -207,10 +210,8 @@ impl Renderer {
         out.push(b'{');
         field_lsn(out, "lsn", lsn);
         out.push(b',');
-        field_lsn(out, "commit_lsn", txn.commit_lsn);
-        let _ = write!(out, ",\"xid\":{},\"commit_time\":\"", txn.xid);
-        out.extend_from_slice(txn.commit_time());
-        out.extend_from_slice(b"\",\"table\":");
+        out.extend_from_slice(txn.fields());
+        out.extend_from_slice(b",\"table\":");
         out.extend_from_slice(&view.table_json);
         out.extend_from_slice(match op {
             Op::Insert => b",\"op\":\"insert\"",
@@ -267,10 +268,8 @@ impl Renderer {
         out.extend_from_slice(b"{\"event\":\"begin\",");
         field_lsn(out, "lsn", lsn);
         out.push(b',');
-        field_lsn(out, "commit_lsn", txn.commit_lsn);
-        let _ = write!(out, ",\"xid\":{},\"commit_time\":\"", txn.xid);
-        out.extend_from_slice(txn.commit_time());
-        out.extend_from_slice(b"\"}\n");
+        out.extend_from_slice(txn.fields());
+        out.extend_from_slice(b"}\n");
     }
 
     /// Writes a `commit` event line.
@@ -314,10 +313,8 @@ impl Renderer {
         out.extend_from_slice(b"{\"event\":\"truncate\",");
         field_lsn(out, "lsn", lsn);
         out.push(b',');
-        field_lsn(out, "commit_lsn", txn.commit_lsn);
-        let _ = write!(out, ",\"xid\":{},\"commit_time\":\"", txn.xid);
-        out.extend_from_slice(txn.commit_time());
-        out.extend_from_slice(b"\",\"tables\":[");
+        out.extend_from_slice(txn.fields());
+        out.extend_from_slice(b",\"tables\":[");
         for (i, rel_id) in truncate.rel_ids.iter().enumerate() {
             if i > 0 {
                 out.push(b',');

@@ -223,7 +223,7 @@ async fn workload(
         .prepare("delete from usage_events where id = (select min(id) from usage_events)")
         .await?;
     let rename_org =
-        client.prepare("update organizations set plan = 'enterprise' where id = $1").await?;
+        client.prepare("update organizations set plan_code = 'enterprise' where id = $1").await?;
     let mut i: i64 = 0;
     while !stop.load(Ordering::Relaxed) {
         i += 1;

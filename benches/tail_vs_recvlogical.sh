@@ -83,7 +83,7 @@ run_recv() {
         -o proto_version=1 -o publication_names=bench_pub -o messages=true \
         --endpos "$ENDPOS" --no-loop -f - >/dev/null
 }
-timed() { local t0; t0="$(now_s)"; "$@"; echo "$(now_s) - $t0" | bc -l; }
+timed() { local t0; t0="$(now_s)"; "$@"; calc "$(now_s) - $t0"; }
 
 # Warm-up round (page cache, catalog caches), not counted.
 run_walshift; run_recv 0
@@ -108,8 +108,8 @@ CPU_S="$(awk -F: '/User time|System time/ {s += $2} END {print s}' "$BENCH_TMP/t
 WALL_S="$(awk '/Elapsed \(wall clock\)/ {n = split($NF, p, ":"); t = 0; for (i = 1; i <= n; i++) t = t * 60 + p[i]; print t}' "$BENCH_TMP/time.txt")"
 
 printf '\nrow changes:            %d\n' "$ROWS"
-printf 'walshift tail:          %.2f s  (%.0f changes/s)  runs: %s\n' "$WS" "$(echo "$ROWS / $WS" | bc -l)" "${ws_times[*]}"
-printf 'pg_recvlogical:         %.2f s  (%.0f changes/s)  runs: %s\n' "$RECV" "$(echo "$ROWS / $RECV" | bc -l)" "${recv_times[*]}"
-printf 'time ratio walshift/pg_recvlogical: %.3f  (target <= 1.10)\n' "$(echo "$WS / $RECV" | bc -l)"
-printf 'walshift peak RSS:      %.1f MB  (target < 50 MB)\n' "$(echo "$RSS_KB / 1024" | bc -l)"
-printf 'walshift CPU:           %.2f s user+sys over %.2f s wall (%.0f%% of one core)\n' "$CPU_S" "$WALL_S" "$(echo "100 * $CPU_S / $WALL_S" | bc -l)"
+printf 'walshift tail:          %.2f s  (%.0f changes/s)  runs: %s\n' "$WS" "$(calc "$ROWS / $WS")" "${ws_times[*]}"
+printf 'pg_recvlogical:         %.2f s  (%.0f changes/s)  runs: %s\n' "$RECV" "$(calc "$ROWS / $RECV")" "${recv_times[*]}"
+printf 'time ratio walshift/pg_recvlogical: %.3f  (target <= 1.10)\n' "$(calc "$WS / $RECV")"
+printf 'walshift peak RSS:      %.1f MB  (target < 50 MB)\n' "$(calc "$RSS_KB / 1024")"
+printf 'walshift CPU:           %.2f s user+sys over %.2f s wall (%.0f%% of one core)\n' "$CPU_S" "$WALL_S" "$(calc "100 * $CPU_S / $WALL_S")"

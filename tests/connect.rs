@@ -33,7 +33,11 @@ async fn setup_and_tail(db: &TestDb<'_>, url: &str) -> Walshift {
     ws
 }
 
-async fn password_auth(auth: Auth, user: &str, password: &str) {
+async fn password_auth(auth: Auth) {
+    let (Auth::Scram { user, password } | Auth::Md5 { user, password }) = auth.clone() else {
+        panic!("password_auth needs a password method");
+    };
+    let (user, password) = (user.as_str(), password.as_str());
     let cluster = PgCluster::start(ClusterOptions { auth, ..ClusterOptions::default() });
     let db = TestDb::new(&cluster).await;
     setup_and_tail(&db, &db.url_as(user, password)).await;
@@ -51,23 +55,13 @@ async fn password_auth(auth: Auth, user: &str, password: &str) {
 #[tokio::test]
 async fn scram_sha_256_authentication() {
     let password = "s3cret: with spaces & símbols";
-    password_auth(
-        Auth::Scram { user: "ws_scram".into(), password: password.into() },
-        "ws_scram",
-        password,
-    )
-    .await;
+    password_auth(Auth::Scram { user: "ws_scram".into(), password: password.into() }).await;
 }
 
 #[tokio::test]
 async fn md5_authentication() {
     let password = "md5-s3cret";
-    password_auth(
-        Auth::Md5 { user: "ws_md5".into(), password: password.into() },
-        "ws_md5",
-        password,
-    )
-    .await;
+    password_auth(Auth::Md5 { user: "ws_md5".into(), password: password.into() }).await;
 }
 
 #[tokio::test]

@@ -125,6 +125,33 @@ async fn table_problems_create_nothing() {
     assert!(!after.slot && !after.state_schema, "{after:?}");
 }
 
+/// A role without REPLICATION is caught by the checks, before the
+/// publication is created (slot creation would fail only afterwards).
+#[tokio::test]
+async fn role_without_replication_creates_nothing() {
+    let db = TestDb::new(PgCluster::shared()).await;
+    let role = format!("{}_norepl", db.name());
+    db.execute(&format!(
+        "create role {role} login; create table t (id int primary key); \
+         alter table t owner to {role}; grant create on database {} to {role};",
+        db.name()
+    ))
+    .await;
+    let (host, port) = db.cluster().host_port().split_once(':').unwrap();
+    let url = format!("postgres://{role}@{host}:{port}/{}", db.name());
+    let ws = Walshift::for_url(
+        &url,
+        &db.slot_name(),
+        &db.publication_name(),
+        &[("public.t", "shadow.t")],
+        "",
+    );
+    expect_bad_input(&ws, &["setup"], &format!("role {role} may not open replication connections"))
+        .await;
+    assert_eq!(objects(&db).await, NOTHING);
+    db.execute(&format!("drop owned by {role}; drop table if exists t; drop role {role};")).await;
+}
+
 #[tokio::test]
 async fn wal_level_replica_is_refused() {
     let cluster = PgCluster::start(ClusterOptions {

@@ -68,6 +68,20 @@ peak_rss_kb() {
     awk -F: '/Maximum resident set size/ {gsub(/ /, "", $2); print $2}' "$1"
 }
 
+# calc EXPR: floating-point arithmetic (awk; no bc on a fresh machine)
+calc() { awk "BEGIN { print $1 }"; }
+
+# /usr/bin/time -v measures peak RSS; Debian's `time` package is not on a fresh machine.
+if [ ! -x /usr/bin/time ]; then
+    if [ "$(id -u)" = 0 ]; then
+        echo "installing GNU time (for peak RSS) ..."
+        apt-get update -qq >/dev/null && apt-get install -y -qq time >/dev/null
+    else
+        echo "error: /usr/bin/time is missing: apt-get install time" >&2
+        exit 1
+    fi
+fi
+
 # now_s: wall clock with sub-second precision
 now_s() { date +%s.%N; }
 

@@ -70,7 +70,7 @@ pub async fn run(cfg: &ValidatedConfig) -> Result<SetupReport, Error> {
     let migrations_applied = migrate::migrate(&mut target)
         .await
         .map_err(Error::sql("creating the state schema on the target"))?;
-    let mut created = Created { schema: !schema_existed, publication: false };
+    let mut created = Created { schema: !schema_existed, registration: false, publication: false };
 
     let result = create(cfg, &source, &target, &plan, &mut created).await;
     if let Err(err) = result {
@@ -87,6 +87,7 @@ pub async fn run(cfg: &ValidatedConfig) -> Result<SetupReport, Error> {
 /// Objects created by this run, dropped again if a later step fails.
 struct Created {
     schema: bool,
+    registration: bool,
     publication: bool,
 }
 
@@ -99,6 +100,14 @@ impl Created {
             );
             if let Err(error) = source.batch_execute(&sql).await {
                 tracing::warn!(error = %error, "could not drop the publication created by this run");
+            }
+        }
+        if self.registration && !self.schema {
+            let deleted = target
+                .execute("delete from walshift.migrations where name = $1", &[&cfg.migration_name])
+                .await;
+            if let Err(error) = deleted {
+                tracing::warn!(error = %error, "could not remove the registration made by this run");
             }
         }
         if self.schema {
@@ -120,7 +129,7 @@ async fn create(
     plan: &Plan,
     created: &mut Created,
 ) -> Result<(), Error> {
-    target
+    let inserted = target
         .execute(
             "insert into walshift.migrations (name, source_slot, source_publication) \
              values ($1, $2, $3) on conflict (name) do nothing",
@@ -128,6 +137,7 @@ async fn create(
         )
         .await
         .map_err(Error::sql("registering the migration in the state schema"))?;
+    created.registration = inserted == 1;
 
     if plan.create_publication {
         let tables: Vec<String> = cfg.tables.iter().map(|t| t.source.to_string()).collect();
@@ -184,6 +194,24 @@ async fn check(
             format!(
                 "wal_level is '{wal_level}', logical replication needs wal_level=logical \
                  (set it in postgresql.conf or with ALTER SYSTEM and restart the server)"
+            ),
+        );
+    }
+    let (user, can_replicate): (String, bool) = source
+        .query_one(
+            "select current_user::text, rolreplication or rolsuper from pg_roles \
+             where rolname = current_user",
+            &[],
+        )
+        .await
+        .and_then(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+        .map_err(Error::sql(ctx))?;
+    if !can_replicate {
+        fail(
+            "source.url",
+            format!(
+                "role {user} may not open replication connections: \
+                 ALTER ROLE {user} REPLICATION (or connect as a role that has it)"
             ),
         );
     }

@@ -174,7 +174,10 @@ fn postgres_user() -> Option<(u32, u32)> {
     Some((fields.next()?.parse().ok()?, fields.next()?.parse().ok()?))
 }
 
-fn find_bindir() -> Option<PathBuf> {
+/// The PostgreSQL server binaries: `pg_config --bindir` if it has `initdb`
+/// (Debian's `pg_config` may belong to a client-only install of another
+/// version), else the newest `/usr/lib/postgresql/<major>/bin`.
+pub fn find_bindir() -> Option<PathBuf> {
     let from_pg_config = Command::new("pg_config")
         .arg("--bindir")
         .output()

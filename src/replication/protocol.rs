@@ -12,7 +12,7 @@
 //! See <https://www.postgresql.org/docs/15/protocol-replication.html>.
 //! Parsing is pure and never panics: short or unknown payloads are errors.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
@@ -162,18 +162,10 @@ pub fn pg_time_micros(now: SystemTime) -> i64 {
     unix_micros.saturating_sub(PG_EPOCH_OFFSET_MICROS)
 }
 
-/// The wall-clock instant of a Postgres-epoch timestamp.
-pub fn system_time_from_pg_micros(micros: i64) -> SystemTime {
-    let unix = micros.saturating_add(PG_EPOCH_OFFSET_MICROS);
-    if unix >= 0 {
-        UNIX_EPOCH + Duration::from_micros(unix.unsigned_abs())
-    } else {
-        UNIX_EPOCH - Duration::from_micros(unix.unsigned_abs())
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn xlog(wal_start: u64, wal_end: u64, data: &[u8]) -> Bytes {
@@ -249,11 +241,5 @@ mod tests {
         assert_eq!(&out[17..25], &1u64.to_be_bytes());
         assert_eq!(&out[25..33], &0i64.to_be_bytes());
         assert_eq!(out[33], 0);
-    }
-
-    #[test]
-    fn pg_epoch_conversions_round_trip() {
-        let t = UNIX_EPOCH + Duration::from_micros(1_700_000_000_123_456);
-        assert_eq!(system_time_from_pg_micros(pg_time_micros(t)), t);
     }
 }

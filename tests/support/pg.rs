@@ -659,37 +659,15 @@ pub fn pg_bin(name: &str) -> PathBuf {
 fn bindir() -> &'static Path {
     static BINDIR: OnceLock<PathBuf> = OnceLock::new();
     BINDIR.get_or_init(|| {
-        let has_initdb = |dir: &Path| dir.join("initdb").is_file();
         if let Some(dir) = std::env::var_os(PG_BINDIR_ENV) {
             return PathBuf::from(dir);
         }
-        let from_pg_config = Command::new("pg_config")
-            .arg("--bindir")
-            .output()
-            .ok()
-            .filter(|output| output.status.success())
-            .map(|output| PathBuf::from(String::from_utf8_lossy(&output.stdout).trim()));
-        if let Some(dir) = from_pg_config.filter(|dir| has_initdb(dir)) {
-            return dir;
-        }
-        // Debian's /usr/bin/pg_config may belong to a libpq of another major version.
-        fs::read_dir("/usr/lib/postgresql")
-            .into_iter()
-            .flatten()
-            .filter_map(|entry| {
-                let entry = entry.ok()?;
-                let major: u32 = entry.file_name().to_str()?.parse().ok()?;
-                Some((major, entry.path().join("bin")))
-            })
-            .filter(|(_, dir)| has_initdb(dir))
-            .max()
-            .map(|(_, dir)| dir)
-            .unwrap_or_else(|| {
-                panic!(
-                    "no PostgreSQL server binaries found: install postgresql-15, put pg_config \
+        walshift::demo::cluster::find_bindir().unwrap_or_else(|| {
+            panic!(
+                "no PostgreSQL server binaries found: install postgresql-15, put pg_config \
                      on PATH, or set {PG_BINDIR_ENV}"
-                )
-            })
+            )
+        })
     })
 }
 

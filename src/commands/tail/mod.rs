@@ -30,7 +30,6 @@ use crate::cli::TailArgs;
 use crate::config::ValidatedConfig;
 use crate::error::Error;
 use crate::lsn::Lsn;
-use crate::pg::conninfo::ConnInfo;
 use crate::replication::pgoutput::PgOutputMessage;
 use crate::replication::stream::{LogicalStream, StreamError, StreamEvent, StreamOptions};
 use crate::runtime::shutdown::Shutdown;
@@ -129,7 +128,7 @@ pub async fn run(
             start_lsn: tail.done,
             status_interval: cfg.source.status_interval,
         };
-        let error = match start(&url, &options).await {
+        let error = match LogicalStream::start(&url, &options).await {
             Ok(stream) => {
                 connected_once = true;
                 backoff = INITIAL_BACKOFF;
@@ -156,10 +155,6 @@ pub async fn run(
         backoff = (backoff * 2).min(cfg.source.reconnect_max_backoff);
         tail.summary.reconnects += 1;
     }
-}
-
-async fn start(url: &ConnInfo, options: &StreamOptions) -> Result<LogicalStream, StreamError> {
-    LogicalStream::start(url, options).await
 }
 
 /// Turns "slot/publication does not exist" into an actionable precondition.

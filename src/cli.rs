@@ -35,6 +35,9 @@ pub enum Command {
     /// Drop the replication slot, the publication and the state schema.
     /// Without --yes, only lists what would be dropped.
     Teardown(TeardownArgs),
+    /// Stream changes from the slot into the shadow tables until stopped
+    /// (SIGINT/SIGTERM). Resumes from the position stored in the target.
+    Run,
     /// Print decoded changes from the slot as JSON lines.
     Tail(TailArgs),
     /// Run the pipeline on a throwaway local PostgreSQL cluster with a write

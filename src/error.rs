@@ -101,6 +101,12 @@ pub enum Error {
     /// The replication stream failed.
     #[error(transparent)]
     Stream(#[from] StreamError),
+    /// Applying changes to the target failed.
+    #[error(transparent)]
+    Apply(#[from] crate::apply::ApplyError),
+    /// Reading the change stream failed (drift, protocol).
+    #[error(transparent)]
+    Reader(#[from] crate::replication::reader::ReaderError),
     /// Writing output failed.
     #[error("cannot write output: {0}")]
     Output(std::io::Error),

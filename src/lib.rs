@@ -19,6 +19,8 @@
 //! decoder; `commands` one module per CLI command; `config` the validated
 //! configuration every command starts from.
 
+pub mod apply;
+pub mod change;
 pub mod cli;
 pub mod commands;
 pub mod config;
@@ -29,3 +31,4 @@ pub mod pg;
 pub mod replication;
 pub mod runtime;
 pub mod telemetry;
+pub mod transform;

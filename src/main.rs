@@ -31,10 +31,15 @@ fn load_config(cli: &Cli) -> Result<ValidatedConfig, Error> {
 }
 
 fn try_main(cli: Cli) -> Result<error::ExitCode, Error> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(Error::Runtime)?;
+    let runtime = match cli.command {
+        // The reader decodes while the applier waits on the target: two
+        // workers let both use a core.
+        Command::Run => {
+            tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()
+        }
+        _ => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+    }
+    .map_err(Error::Runtime)?;
     if let Command::Demo(args) = &cli.command {
         walshift::telemetry::init(cli.log_level.as_deref(), LogFormat::Human);
         let options = DemoOptions { duration: Duration::from_secs(args.duration_secs) };
@@ -59,6 +64,18 @@ fn try_main(cli: Cli) -> Result<error::ExitCode, Error> {
                     if report.migrations_applied > 0 { "migrated" } else { "up to date" }
                 );
                 println!("setup complete for migration {}", cfg.migration_name);
+                Ok(error::ExitCode::Success)
+            }
+            Command::Run => {
+                let summary = commands::run::run(&cfg, shutdown::on_signals()).await?;
+                tracing::info!(
+                    transactions = summary.applied.transactions,
+                    changes = summary.applied.changes,
+                    commits = summary.applied.commits,
+                    reconnects = summary.reconnects,
+                    strict_replays = summary.strict_replays,
+                    "run stopped"
+                );
                 Ok(error::ExitCode::Success)
             }
             Command::Teardown(args) => {

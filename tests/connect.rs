@@ -21,6 +21,7 @@ fn walshift_for(db: &TestDb<'_>, url: &str) -> Walshift {
 /// Runs setup, writes two rows, and checks tail prints them.
 async fn setup_and_tail(db: &TestDb<'_>, url: &str) -> Walshift {
     db.execute("create table t (id int primary key, v text)").await;
+    db.create_shadows(&[("public.t", "shadow.t")]).await;
     let ws = walshift_for(db, url);
     ws.run_ok(&["setup"]).await;
     db.execute("insert into t values (1, 'a'), (2, 'b')").await;

@@ -43,7 +43,7 @@ async fn setup_is_idempotent_and_teardown_needs_yes() {
     let db = TestDb::new(PgCluster::shared()).await;
     db.execute("create table t (id int primary key, v text); insert into t values (1, 'keep me');")
         .await;
-    let ws = Walshift::for_db(&db, &[("public.t", "shadow.t")], "");
+    let ws = Walshift::for_db(&db, &[("public.t", "shadow.t")], "").await;
     let first = ws.run_ok(&["setup"]).await;
     assert!(first.contains("replication slot") && first.contains("created"), "{first}");
     assert_eq!(objects(&db).await, EVERYTHING);
@@ -108,7 +108,7 @@ async fn table_problems_create_nothing() {
         ("public.missing", "table public.missing does not exist"),
         ("public.nothing_identity", "REPLICA IDENTITY NOTHING"),
     ] {
-        let ws = Walshift::for_db(&db, &[(table, "shadow.x")], "");
+        let ws = Walshift::for_db(&db, &[(table, "shadow.x")], "").await;
         let stderr = expect_bad_input(&ws, &["setup"], expected).await;
         assert!(stderr.contains("tables[0].source"), "{stderr}");
         assert!(stderr.contains("nothing was created"), "{stderr}");
@@ -119,7 +119,7 @@ async fn table_problems_create_nothing() {
     db.execute("create table ok (id int primary key); create table other (id int primary key);")
         .await;
     db.execute(&format!("create publication {} for table other", db.publication_name())).await;
-    let ws = Walshift::for_db(&db, &[("public.ok", "shadow.ok")], "");
+    let ws = Walshift::for_db(&db, &[("public.ok", "shadow.ok")], "").await;
     expect_bad_input(&ws, &["setup"], "does not publish public.ok").await;
     let after = objects(&db).await;
     assert!(!after.slot && !after.state_schema, "{after:?}");
@@ -160,7 +160,7 @@ async fn wal_level_replica_is_refused() {
     });
     let db = TestDb::new(&cluster).await;
     db.execute("create table t (id int primary key)").await;
-    let ws = Walshift::for_db(&db, &[("public.t", "shadow.t")], "");
+    let ws = Walshift::for_db(&db, &[("public.t", "shadow.t")], "").await;
     expect_bad_input(&ws, &["setup"], "wal_level is 'replica'").await;
     assert_eq!(objects(&db).await, NOTHING);
 }

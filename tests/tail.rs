@@ -51,7 +51,7 @@ async fn values_round_trip_as_postgres_text() {
          alter table kitchen_sink alter column big set storage external;",
     )
     .await;
-    let ws = Walshift::for_db(&db, &[("public.kitchen_sink", "shadow.kitchen_sink")], "");
+    let ws = Walshift::for_db(&db, &[("public.kitchen_sink", "shadow.kitchen_sink")], "").await;
     ws.run_ok(&["setup"]).await;
 
     db.execute(
@@ -153,7 +153,7 @@ async fn change_kinds_identity_truncate_and_alter() {
          alter table f replica identity full;",
     )
     .await;
-    let ws = Walshift::for_db(&db, &[("public.a", "shadow.a"), ("public.f", "shadow.f")], "");
+    let ws = Walshift::for_db(&db, &[("public.a", "shadow.a"), ("public.f", "shadow.f")], "").await;
     ws.run_ok(&["setup"]).await;
     db.execute(
         "insert into a values (1, 'one', 'x'), (2, 'two', 'y');
@@ -251,7 +251,7 @@ async fn change_kinds_identity_truncate_and_alter() {
 async fn acknowledges_printed_changes_and_keepalives_only_with_ack() {
     let db = TestDb::new(PgCluster::shared()).await;
     db.execute("create table t (id int primary key); create table unpublished (id int);").await;
-    let ws = Walshift::for_db(&db, &[("public.t", "shadow.t")], "");
+    let ws = Walshift::for_db(&db, &[("public.t", "shadow.t")], "").await;
     ws.run_ok(&["setup"]).await;
     let initial = confirmed_flush(&db).await;
 
@@ -303,7 +303,8 @@ async fn acknowledges_printed_changes_and_keepalives_only_with_ack() {
 async fn reconnects_without_losing_or_repeating_changes() {
     let db = TestDb::new(PgCluster::shared()).await;
     db.execute("create table t (id int primary key, pad text)").await;
-    let ws = Walshift::for_db(&db, &[("public.t", "shadow.t")], "reconnect_max_backoff_ms = 200\n");
+    let ws = Walshift::for_db(&db, &[("public.t", "shadow.t")], "reconnect_max_backoff_ms = 200\n")
+        .await;
     ws.run_ok(&["setup"]).await;
     let tail = ws.spawn_tail(&[]);
 
@@ -357,7 +358,7 @@ async fn reconnects_without_losing_or_repeating_changes() {
 async fn start_lsn_skips_earlier_transactions() {
     let db = TestDb::new(PgCluster::shared()).await;
     db.execute("create table t (id int primary key)").await;
-    let ws = Walshift::for_db(&db, &[("public.t", "shadow.t")], "");
+    let ws = Walshift::for_db(&db, &[("public.t", "shadow.t")], "").await;
     ws.run_ok(&["setup"]).await;
     db.execute("insert into t values (1)").await;
     let between = current_lsn(&db).await;

@@ -1,7 +1,9 @@
 //! `walshift setup`: check the source, then create what is missing.
 //!
 //! All checks run first and are reported together; if any fails nothing is
-//! created. Then, in this order:
+//! created. The checks cover the source (version, `wal_level`, replication
+//! privilege, keys and replica identity, publication and slot) and the
+//! mapping, compiled against the target (see [`crate::transform::plan`]). Then, in this order:
 //!
 //! 1. walshift's state schema on the target (idempotent migrations);
 //! 2. the publication for exactly the configured tables (an existing one
@@ -23,6 +25,7 @@ use crate::pg::client::{self, SessionLimits};
 use crate::pg::migrate;
 use crate::replication::slot;
 use crate::replication::wire::ReplicationConnection;
+use crate::transform::Plan as MappingPlan;
 
 /// Oldest server version supported: the pgoutput `messages` option is 14+.
 pub const MIN_SERVER_VERSION_NUM: i32 = 140_000;
@@ -60,6 +63,15 @@ pub async fn run(cfg: &ValidatedConfig) -> Result<SetupReport, Error> {
 
     let mut failures = Vec::new();
     let plan = check(cfg, &source, &mut failures).await?;
+    // The mapping, compiled against the target. A table whose source check
+    // already failed is not reported twice.
+    let mut mapping_failures = Vec::new();
+    MappingPlan::compile_collecting(cfg, &source, &target, &mut mapping_failures).await?;
+    let failed_tables: Vec<String> =
+        failures.iter().filter_map(|f| table_prefix(&f.subject)).collect();
+    failures.extend(mapping_failures.into_iter().filter(|f| {
+        table_prefix(&f.subject).is_none_or(|prefix| !failed_tables.contains(&prefix))
+    }));
     if !failures.is_empty() {
         return Err(Error::Checks(CheckFailures(failures)));
     }
@@ -82,6 +94,12 @@ pub async fn run(cfg: &ValidatedConfig) -> Result<SetupReport, Error> {
         slot: if plan.create_slot { Outcome::Created } else { Outcome::Existed },
         migrations_applied,
     })
+}
+
+/// `tables[3]` of a subject like `tables[3].columns.amount`.
+fn table_prefix(subject: &str) -> Option<String> {
+    let end = subject.find(']')?;
+    subject.starts_with("tables[").then(|| subject[..=end].to_owned())
 }
 
 /// Objects created by this run, dropped again if a later step fails.

@@ -13,6 +13,44 @@
 
 pub mod cluster;
 
+/// The demo's table mappings: the same as `config/dev.toml`, into the shadow
+/// schema of `sql/billing_new.sql`.
+const DEMO_TABLES: &str = r#"
+[[tables]]
+source = "public.organizations"
+target = "billing_new.organizations"
+[tables.columns]
+id = "id"
+name = "name"
+billing_email = "lower(email)"
+plan = "plan_code"
+created_at = "created_at"
+
+[[tables]]
+source = "public.usage_events"
+target = "billing_new.usage_events"
+[tables.columns]
+id = "id"
+organization_id = "org_id"
+event_type = "event_type"
+quantity = "quantity::numeric(20,6)"
+amount = "amount_cents / 100.0"
+occurred_at = "occurred_at"
+processing_status = "'migrated'"
+processed_at = { expr = "now()", verify = false }
+
+[[tables]]
+source = "public.invoices"
+target = "billing_new.invoices"
+[tables.columns]
+id = "id"
+organization_id = "org_id"
+total = "total_cents / 100.0"
+currency = "upper(currency)"
+issued_at = "issued_at"
+status = "status"
+"#;
+
 use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -59,10 +97,7 @@ async fn run_on(
 ) -> Result<ExitCode, Error> {
     let url = cluster.url("postgres");
     let toml = format!(
-        "[migration]\nname = \"demo\"\n\n[source]\nurl = \"{url}\"\nstatus_interval_ms = 500\n\n\
-         [[tables]]\nsource = \"public.organizations\"\ntarget = \"billing_new.organizations\"\n\n\
-         [[tables]]\nsource = \"public.usage_events\"\ntarget = \"billing_new.usage_events\"\n\n\
-         [[tables]]\nsource = \"public.invoices\"\ntarget = \"billing_new.invoices\"\n"
+        "[migration]\nname = \"demo\"\n\n[source]\nurl = \"{url}\"\nstatus_interval_ms = 500\n\n{DEMO_TABLES}"
     );
     let cfg =
         Config::from_toml_str(&toml, std::path::Path::new("<demo>"), &|_| None)?.validate()?;
@@ -70,6 +105,9 @@ async fn run_on(
     db.batch_execute(include_str!("../../sql/demo/seed_billing.sql"))
         .await
         .map_err(Error::sql("loading the seed billing schema"))?;
+    db.batch_execute(include_str!("../../sql/billing_new.sql"))
+        .await
+        .map_err(Error::sql("creating the example shadow schema"))?;
     eprintln!(
         "  loaded the seed billing schema: 100 organizations, 10000 usage events, 300 invoices"
     );

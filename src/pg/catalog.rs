@@ -13,8 +13,17 @@ pub struct ColumnInfo {
     pub name: String,
     /// `format_type` of its type, e.g. `numeric(20,6)`.
     pub type_name: String,
+    /// The type without modifier, usable as a cast target (`numeric`).
+    pub cast_type: String,
+    /// `pg_attribute.atttypid`.
+    pub type_oid: u32,
     /// Whether it is declared `NOT NULL`.
     pub not_null: bool,
+    /// Whether inserting without a value fills it (a default, an identity
+    /// or a generated column).
+    pub has_default: bool,
+    /// Whether it is a generated column (cannot be written).
+    pub generated: bool,
 }
 
 /// What `REPLICA IDENTITY` a table has (`pg_class.relreplident`).
@@ -50,6 +59,11 @@ pub struct TableInfo {
 }
 
 impl TableInfo {
+    /// A column by name.
+    pub fn column(&self, name: &str) -> Option<&ColumnInfo> {
+        self.columns.iter().find(|c| c.name == name)
+    }
+
     /// The columns pgoutput sends as the old key of UPDATE/DELETE, or `None`
     /// for `FULL` (every column) and for a table without usable identity.
     pub fn identity_columns(&self) -> Option<&[String]> {
@@ -117,7 +131,9 @@ pub async fn table_info(
     let identity_index = index_columns("indisreplident").await?;
     let columns = client
         .query(
-            "select attname::text, format_type(atttypid, atttypmod), attnotnull \
+            "select attname::text, format_type(atttypid, atttypmod), \
+                    format_type(atttypid, null), atttypid, attnotnull, \
+                    atthasdef or attidentity <> '' or attgenerated <> '', attgenerated <> '' \
              from pg_attribute where attrelid = $1 and attnum > 0 and not attisdropped \
              order by attnum",
             &[&oid],
@@ -128,7 +144,11 @@ pub async fn table_info(
             Ok(ColumnInfo {
                 name: r.try_get(0)?,
                 type_name: r.try_get(1)?,
-                not_null: r.try_get(2)?,
+                cast_type: r.try_get(2)?,
+                type_oid: r.try_get(3)?,
+                not_null: r.try_get(4)?,
+                has_default: r.try_get(5)?,
+                generated: r.try_get(6)?,
             })
         })
         .collect::<Result<Vec<_>, tokio_postgres::Error>>()?;
@@ -141,6 +161,44 @@ pub async fn table_info(
         columns,
         estimated_rows,
     }))
+}
+
+/// Column sets of a table's unique indexes that can serve as the arbiter of
+/// `INSERT ... ON CONFLICT (cols)`: valid, non-partial, non-deferrable
+/// indexes on plain columns. Each set is sorted by name.
+pub async fn unique_keys(
+    client: &Client,
+    table_oid: u32,
+) -> Result<Vec<Vec<String>>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "select array(select a.attname::text from pg_attribute a \
+                          where a.attrelid = i.indrelid and a.attnum = any(i.indkey) \
+                          order by a.attname) \
+             from pg_index i \
+             where i.indrelid = $1 and i.indisunique and i.indisvalid and i.indimmediate \
+               and i.indpred is null and i.indexprs is null",
+            &[&table_oid],
+        )
+        .await?;
+    rows.iter().map(|r| r.try_get(0)).collect()
+}
+
+/// Foreign keys among `table_oids`, as `(referencing, referenced)` pairs.
+pub async fn foreign_keys_among(
+    client: &Client,
+    table_oids: &[u32],
+) -> Result<Vec<(u32, u32)>, tokio_postgres::Error> {
+    let oids: Vec<tokio_postgres::types::Oid> = table_oids.to_vec();
+    let rows = client
+        .query(
+            "select conrelid, confrelid from pg_constraint \
+             where contype = 'f' and conrelid = any($1) and confrelid = any($1) \
+               and conrelid <> confrelid",
+            &[&oids],
+        )
+        .await?;
+    rows.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect()
 }
 
 /// A replication slot as `pg_replication_slots` shows it.

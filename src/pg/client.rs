@@ -77,3 +77,56 @@ pub async fn connect(
         .map_err(|source| ConnectError::Connect { endpoint, source })?;
     Ok(client)
 }
+
+impl SessionLimits {
+    /// For the applier: statements write at most one batch, and a lock held
+    /// on a shadow table by someone else is waited out, then retried.
+    pub const APPLY: SessionLimits = SessionLimits {
+        statement_timeout: Duration::from_secs(600),
+        lock_timeout: Duration::from_secs(30),
+    };
+}
+
+/// How a failed SQL statement should be handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SqlErrorKind {
+    /// Retrying later can succeed: the connection broke, the server is
+    /// shutting down or starting, a serialization failure or deadlock, a
+    /// lock or statement timeout.
+    Transient,
+    /// The data violates a constraint (class 23, or `21000` when one
+    /// statement would touch a row twice).
+    Constraint,
+    /// Anything else: a bad mapping, a missing object, a permission.
+    Permanent,
+}
+
+/// Classifies a tokio-postgres error by SQLSTATE (never by message text).
+pub fn classify(err: &tokio_postgres::Error) -> SqlErrorKind {
+    let Some(db) = err.as_db_error() else {
+        // No server error: I/O, a closed connection, a protocol problem.
+        return SqlErrorKind::Transient;
+    };
+    let code = db.code().code();
+    match code {
+        "40001" | "40P01" | "55P03" | "57014" | "57P01" | "57P02" | "57P03" | "53300" | "53400" => {
+            SqlErrorKind::Transient
+        }
+        "21000" => SqlErrorKind::Constraint,
+        _ if code.starts_with("08") => SqlErrorKind::Transient,
+        _ if code.starts_with("23") => SqlErrorKind::Constraint,
+        _ => SqlErrorKind::Permanent,
+    }
+}
+
+/// The server's message (with detail) when there is one, else the error's
+/// own text: for messages that name the operation themselves.
+pub fn server_message(err: &tokio_postgres::Error) -> String {
+    match err.as_db_error() {
+        Some(db) => match db.detail() {
+            Some(detail) => format!("{} ({detail})", db.message()),
+            None => db.message().to_owned(),
+        },
+        None => crate::error::display_chain(err),
+    }
+}

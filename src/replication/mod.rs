@@ -6,6 +6,7 @@
 //!   └─▶ protocol (XLogData / keepalive / status update)
 //!         └─▶ pgoutput (decode) ─▶ relation_cache (rel id → columns)
 //! stream = wire + protocol + pgoutput + the progress (ack) rule
+//! reader = stream ─▶ projected StreamItems ─▶ applier; durable LSN ─▶ flush LSN
 //! slot   = IDENTIFY_SYSTEM, CREATE/DROP_REPLICATION_SLOT
 //! ```
 //!
@@ -14,6 +15,7 @@
 
 pub mod pgoutput;
 pub mod protocol;
+pub mod reader;
 pub mod relation_cache;
 pub mod slot;
 pub mod stream;

@@ -783,7 +783,7 @@ pub struct TupleData {
 }
 
 /// One column value.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum TupleValue {
     /// `n`: SQL NULL.
     Null,

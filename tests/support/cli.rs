@@ -42,7 +42,10 @@ pub struct Walshift {
 impl Walshift {
     /// A config whose source is `db`, with the given `(source, target)` tables
     /// and extra TOML appended (e.g. `[source]` overrides go in `source_extra`).
-    pub fn for_db(db: &TestDb<'_>, tables: &[(&str, &str)], source_extra: &str) -> Walshift {
+    /// Target tables that do not exist yet are created like their source
+    /// (`LIKE ... INCLUDING ALL`), when the source exists.
+    pub async fn for_db(db: &TestDb<'_>, tables: &[(&str, &str)], source_extra: &str) -> Walshift {
+        db.create_shadows(tables).await;
         Walshift::for_url(&db.url(), &db.slot_name(), &db.publication_name(), tables, source_extra)
     }
 

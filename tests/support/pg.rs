@@ -548,6 +548,20 @@ impl<'c> TestDb<'c> {
             .unwrap_or_else(|err| panic!("in {}: {sql}\nfailed: {err}", self.name));
     }
 
+    /// Creates each missing target table like its source table (`LIKE ...
+    /// INCLUDING ALL`, schema created too). Best effort: a source that does
+    /// not exist (a bad-input test) is skipped.
+    pub async fn create_shadows(&self, tables: &[(&str, &str)]) {
+        for (source, target) in tables {
+            let schema = target.split('.').next().unwrap_or("public");
+            let sql = format!(
+                "create schema if not exists {schema}; \
+                 create table if not exists {target} (like {source} including all)"
+            );
+            let _ = self.client.batch_execute(&sql).await;
+        }
+    }
+
     /// The logical slot name reserved for this test (unique across the cluster).
     pub fn slot_name(&self) -> String {
         format!("{}_slot", self.name)

@@ -1,0 +1,313 @@
+//! The apply statements of one table, built once from its [`TablePlan`].
+//!
+//! Every statement takes one `text[]` parameter per plan input (and per old
+//! key column where needed), unnests them into a typed stand-in of the source
+//! rows called `s`, and evaluates the mapping expressions over `s`. Row values
+//! never enter the SQL text; identifiers come quoted from [`Ident`]'s
+//! `Display`; the expressions are the operator's configured SQL, checked at
+//! start-up by [`crate::transform::plan`].
+//!
+//! ```sql
+//! -- upsert, N rows in one statement
+//! with s as (select u.c0::bigint as "id", u.c1::bigint as "amount_cents"
+//!            from unnest($1::text[], $2::text[]) as u(c0, c1))
+//! insert into "billing_new"."usage_events" as t ("id", "amount")
+//! select ("id"), (amount_cents / 100.0) from s
+//! on conflict ("id") do update set "amount" = excluded."amount"
+//!
+//! -- delete by key
+//! delete from "billing_new"."usage_events" as t
+//! using (select u.c0::bigint as "id" from unnest($1::text[]) as u(c0)) as s
+//! where t."id" = s."id"
+//! ```
+//!
+//! With a filter, the upsert only writes rows that pass it, and a
+//! data-modifying CTE deletes by key the rows that do not (an update can move
+//! a row out of the filter). A *partial update* (an UPDATE whose TOASTed
+//! column arrived unchanged) is a plain `UPDATE ... FROM` that sets only the
+//! columns that can be computed, matching the row by its old key, so it also
+//! moves a row whose key changed.
+
+use std::fmt::Write as _;
+
+use crate::pg::sql::Ident;
+use crate::transform::TablePlan;
+
+/// `u.c0::bigint as "id", ...` for the inputs, plus old-key columns when
+/// `old_key` is set (`u.k0::bigint as "?old0"`), and the unnest source.
+fn input_cte(plan: &TablePlan, old_key: bool) -> String {
+    let mut cols = String::new();
+    let mut arrays = String::new();
+    let mut names = String::new();
+    let mut param = 0;
+    let mut add = |cols: &mut String,
+                   arrays: &mut String,
+                   names: &mut String,
+                   ty: &str,
+                   alias: &str,
+                   tag: &str| {
+        param += 1;
+        if param > 1 {
+            cols.push_str(", ");
+            arrays.push_str(", ");
+            names.push_str(", ");
+        }
+        let _ = write!(cols, "u.{tag}::{ty} as {alias}");
+        let _ = write!(arrays, "${param}::text[]");
+        names.push_str(tag);
+    };
+    for (i, input) in plan.inputs.iter().enumerate() {
+        add(
+            &mut cols,
+            &mut arrays,
+            &mut names,
+            &input.cast_type,
+            &input.name.to_string(),
+            &format!("c{i}"),
+        );
+    }
+    if old_key {
+        for (j, &k) in plan.key_inputs.iter().enumerate() {
+            let input = &plan.inputs[k];
+            add(
+                &mut cols,
+                &mut arrays,
+                &mut names,
+                &input.cast_type,
+                &old_alias(j).to_string(),
+                &format!("k{j}"),
+            );
+        }
+    }
+    format!("s as (select {cols} from unnest({arrays}) as u({names}))")
+}
+
+fn old_alias(j: usize) -> Ident {
+    Ident::new(format!("?walshift_old_{j}"))
+}
+
+fn value_alias(o: usize) -> Ident {
+    Ident::new(format!("?walshift_v_{o}"))
+}
+
+const KEEP: &str = "\"?walshift_keep\"";
+
+/// `t."tk0" = x."sk0" and ...`: target key against source key columns of `x`.
+fn key_match(plan: &TablePlan, x: &str, old: bool) -> String {
+    let mut sql = String::new();
+    for (j, (tk, &ki)) in plan.target_key_columns().zip(&plan.key_inputs).enumerate() {
+        if j > 0 {
+            sql.push_str(" and ");
+        }
+        let source_col = if old { old_alias(j) } else { plan.inputs[ki].name.clone() };
+        let _ = write!(sql, "t.{tk} = {x}.{source_col}");
+    }
+    sql
+}
+
+fn filter_expr(plan: &TablePlan) -> Option<String> {
+    plan.filter.as_ref().map(|f| format!("coalesce(({}), false)", f.expr))
+}
+
+/// Multi-row upsert of full rows: one `text[]` per input.
+pub fn upsert(plan: &TablePlan) -> String {
+    let target = &plan.target;
+    let mut sql = format!("with {}", input_cte(plan, false));
+    if let Some(keep) = filter_expr(plan) {
+        let source_keys: Vec<String> =
+            plan.key_inputs.iter().map(|&k| plan.inputs[k].name.to_string()).collect();
+        let _ = write!(
+            sql,
+            ", gone as (delete from {target} as t using (select {} from s where not {keep}) as s \
+             where {})",
+            source_keys.join(", "),
+            key_match(plan, "s", false)
+        );
+    }
+    let columns: Vec<String> = plan.outputs.iter().map(|o| o.column.to_string()).collect();
+    let exprs: Vec<String> = plan.outputs.iter().map(|o| format!("({})", o.expr)).collect();
+    let _ = write!(
+        sql,
+        " insert into {target} as t ({}) select {} from s",
+        columns.join(", "),
+        exprs.join(", ")
+    );
+    if let Some(keep) = filter_expr(plan) {
+        let _ = write!(sql, " where {keep}");
+    }
+    let keys: Vec<String> = plan.target_key_columns().map(|c| c.to_string()).collect();
+    let updates: Vec<String> = plan
+        .outputs
+        .iter()
+        .enumerate()
+        .filter(|(o, _)| !plan.target_key.contains(o))
+        .map(|(_, out)| format!("{c} = excluded.{c}", c = out.column))
+        .collect();
+    if updates.is_empty() {
+        let _ = write!(sql, " on conflict ({}) do nothing", keys.join(", "));
+    } else {
+        let _ =
+            write!(sql, " on conflict ({}) do update set {}", keys.join(", "), updates.join(", "));
+    }
+    sql
+}
+
+/// Multi-row delete by key: one `text[]` per key input.
+pub fn delete(plan: &TablePlan) -> String {
+    let mut cols = String::new();
+    let mut arrays = String::new();
+    let mut names = String::new();
+    for (j, &k) in plan.key_inputs.iter().enumerate() {
+        if j > 0 {
+            cols.push_str(", ");
+            arrays.push_str(", ");
+            names.push_str(", ");
+        }
+        let input = &plan.inputs[k];
+        let _ = write!(cols, "u.k{j}::{} as {}", input.cast_type, input.name);
+        let _ = write!(arrays, "${}::text[]", j + 1);
+        let _ = write!(names, "k{j}");
+    }
+    format!(
+        "delete from {} as t using (select {cols} from unnest({arrays}) as u({names})) as s where {}",
+        plan.target,
+        key_match(plan, "s", false)
+    )
+}
+
+/// Multi-row update of the outputs not in `untouched`, matching rows by
+/// their old key: one `text[]` per input, then one per key input (old key).
+pub fn partial_update(plan: &TablePlan, untouched: &[usize]) -> String {
+    let target = &plan.target;
+    let set: Vec<usize> = (0..plan.outputs.len()).filter(|o| !untouched.contains(o)).collect();
+    let mut x_cols: Vec<String> =
+        (0..plan.key_inputs.len()).map(|j| format!("s.{}", old_alias(j))).collect();
+    for &o in &set {
+        x_cols.push(format!("({}) as {}", plan.outputs[o].expr, value_alias(o)));
+    }
+    if let Some(keep) = filter_expr(plan) {
+        x_cols.push(format!("{keep} as {KEEP}"));
+    }
+    let mut sql =
+        format!("with {}, x as (select {} from s)", input_cte(plan, true), x_cols.join(", "));
+    if plan.filter.is_some() {
+        let _ = write!(
+            sql,
+            ", gone as (delete from {target} as t using x where not x.{KEEP} and {})",
+            key_match(plan, "x", true)
+        );
+    }
+    let assignments: Vec<String> =
+        set.iter().map(|&o| format!("{} = x.{}", plan.outputs[o].column, value_alias(o))).collect();
+    let _ = write!(
+        sql,
+        " update {target} as t set {} from x where {}",
+        assignments.join(", "),
+        key_match(plan, "x", true)
+    );
+    if plan.filter.is_some() {
+        let _ = write!(sql, " and x.{KEEP}");
+    }
+    sql
+}
+
+/// `truncate` of the given target tables.
+pub fn truncate<'a>(plans: impl Iterator<Item = &'a TablePlan>) -> String {
+    let names: Vec<String> = plans.map(|p| p.target.to_string()).collect();
+    format!("truncate {}", names.join(", "))
+}
+
+/// Records the applied position; runs in every apply transaction.
+pub const SAVE_PROGRESS: &str = "insert into walshift.progress (migration, applied_lsn, updated_at) \
+     values ($1, $2, now()) on conflict (migration) do update \
+     set applied_lsn = excluded.applied_lsn, updated_at = excluded.updated_at";
+
+/// Reads the applied position.
+pub const LOAD_PROGRESS: &str = "select applied_lsn from walshift.progress where migration = $1";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pg::sql::QualifiedName;
+    use crate::transform::plan::{Filter, Input, Output};
+
+    fn plan(filter: bool) -> TablePlan {
+        TablePlan {
+            index: 0,
+            source: QualifiedName::parse("public.orgs").unwrap(),
+            target: QualifiedName::parse("billing_new.orgs").unwrap(),
+            inputs: vec![
+                Input { name: Ident::new("id"), cast_type: "bigint".into(), type_oid: 20 },
+                Input { name: Ident::new("email"), cast_type: "text".into(), type_oid: 25 },
+            ],
+            key_inputs: vec![0],
+            outputs: vec![
+                Output {
+                    column: Ident::new("org_id"),
+                    expr: "id".into(),
+                    deps: vec![0],
+                    verify: true,
+                },
+                Output {
+                    column: Ident::new("billing_email"),
+                    expr: "lower(email)".into(),
+                    deps: vec![1],
+                    verify: true,
+                },
+            ],
+            target_key: vec![0],
+            filter: filter.then(|| Filter { expr: "email <> ''".into(), deps: vec![1] }),
+            truncate: true,
+        }
+    }
+
+    #[test]
+    fn upsert_shape() {
+        assert_eq!(
+            upsert(&plan(false)),
+            "with s as (select u.c0::bigint as \"id\", u.c1::text as \"email\" from \
+             unnest($1::text[], $2::text[]) as u(c0, c1)) insert into \"billing_new\".\"orgs\" \
+             as t (\"org_id\", \"billing_email\") select (id), (lower(email)) from s on conflict \
+             (\"org_id\") do update set \"billing_email\" = excluded.\"billing_email\""
+        );
+    }
+
+    #[test]
+    fn upsert_with_filter_deletes_rows_that_fail_it() {
+        let sql = upsert(&plan(true));
+        assert!(sql.contains(
+            "gone as (delete from \"billing_new\".\"orgs\" as t using (select \"id\" from s where \
+             not coalesce((email <> ''), false)) as s where t.\"org_id\" = s.\"id\")"
+        ));
+        assert!(sql.contains("from s where coalesce((email <> ''), false) on conflict"));
+    }
+
+    #[test]
+    fn delete_shape() {
+        assert_eq!(
+            delete(&plan(false)),
+            "delete from \"billing_new\".\"orgs\" as t using (select u.k0::bigint as \"id\" from \
+             unnest($1::text[]) as u(k0)) as s where t.\"org_id\" = s.\"id\""
+        );
+    }
+
+    #[test]
+    fn partial_update_sets_only_computable_columns_by_old_key() {
+        let sql = partial_update(&plan(false), &[1]);
+        assert_eq!(
+            sql,
+            "with s as (select u.c0::bigint as \"id\", u.c1::text as \"email\", u.k0::bigint as \
+             \"?walshift_old_0\" from unnest($1::text[], $2::text[], $3::text[]) as u(c0, c1, k0)), \
+             x as (select s.\"?walshift_old_0\", (id) as \"?walshift_v_0\" from s) update \
+             \"billing_new\".\"orgs\" as t set \"org_id\" = x.\"?walshift_v_0\" from x where \
+             t.\"org_id\" = x.\"?walshift_old_0\""
+        );
+    }
+
+    #[test]
+    fn names_are_quoted() {
+        let mut p = plan(false);
+        p.target = QualifiedName::new("new", "x\"; drop table y; --");
+        assert!(upsert(&p).contains("into \"new\".\"x\"\"; drop table y; --\" as t"));
+    }
+}

@@ -1,0 +1,261 @@
+//! Writes pending operations to the target with multi-row statements,
+//! prepared once per connection.
+//!
+//! Order within one flush (see `docs/apply.md`): deletes first, children
+//! before parents; then upserts, parents before children; then partial
+//! updates. Deleting first lets a row that took over a unique value from a
+//! deleted row be written; parents first lets foreign keys between shadow
+//! tables hold at every statement even when they are not deferrable.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, Statement};
+
+use crate::apply::batch::{Op, PendingOps};
+use crate::apply::params::ColumnParam;
+use crate::apply::statements;
+use crate::change::{Datum, TableIdx};
+use crate::transform::{Plan, TablePlan};
+
+/// New rows and old keys of partial updates that leave the same outputs alone.
+type PartialRows<'a> = (Vec<&'a [Datum]>, Vec<&'a [Datum]>);
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum StatementKey {
+    Upsert(TableIdx),
+    Delete(TableIdx),
+    Partial(TableIdx, Vec<usize>),
+}
+
+/// A write statement failed.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot {op} {table} ({rows}): {}", crate::pg::client::server_message(source))]
+pub struct WriteError {
+    /// What was written: `upsert into`, `delete from`, `update`, `truncate`.
+    pub op: &'static str,
+    /// Target table(s).
+    pub table: String,
+    /// `1 row, key id=7` or `250 rows`.
+    pub rows: String,
+    /// The cause.
+    #[source]
+    pub source: tokio_postgres::Error,
+}
+
+/// Executes pending operations on one target connection.
+pub struct Writer {
+    client: Client,
+    plan: Arc<Plan>,
+    statements: HashMap<StatementKey, Statement>,
+}
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer").field("statements", &self.statements.len()).finish()
+    }
+}
+
+/// `id=7, region=eu` from key values, for error messages.
+pub fn render_key(plan: &TablePlan, key: &[Datum]) -> String {
+    let parts: Vec<String> = plan
+        .key_inputs
+        .iter()
+        .zip(key)
+        .map(|(&k, v)| {
+            let value = match v {
+                Datum::Text(b) => String::from_utf8_lossy(b).into_owned(),
+                _ => "null".into(),
+            };
+            format!("{}={value}", plan.inputs[k].name.readable())
+        })
+        .collect();
+    parts.join(", ")
+}
+
+impl Writer {
+    /// A writer on `client` for `plan`.
+    pub fn new(client: Client, plan: Arc<Plan>) -> Self {
+        Writer { client, plan, statements: HashMap::new() }
+    }
+
+    /// The connection, for transaction control and progress.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    async fn statement(&mut self, key: StatementKey) -> Result<Statement, tokio_postgres::Error> {
+        if let Some(s) = self.statements.get(&key) {
+            return Ok(s.clone());
+        }
+        let sql = match &key {
+            StatementKey::Upsert(t) => statements::upsert(&self.plan.tables[*t]),
+            StatementKey::Delete(t) => statements::delete(&self.plan.tables[*t]),
+            StatementKey::Partial(t, untouched) => {
+                statements::partial_update(&self.plan.tables[*t], untouched)
+            }
+        };
+        let statement = self.client.prepare(&sql).await?;
+        self.statements.insert(key, statement.clone());
+        Ok(statement)
+    }
+
+    async fn execute(
+        &mut self,
+        key: StatementKey,
+        op: &'static str,
+        table: TableIdx,
+        columns: &[&[&[Datum]]],
+        widths: &[usize],
+        first_key: &[Datum],
+    ) -> Result<u64, WriteError> {
+        let rows = columns.first().map_or(0, |c| c.len());
+        let plan = Arc::clone(&self.plan);
+        let describe = |source| {
+            let plan = &plan.tables[table];
+            WriteError {
+                op,
+                table: plan.target.readable(),
+                rows: if rows == 1 {
+                    format!("1 row, key {}", render_key(plan, first_key))
+                } else {
+                    format!("{rows} rows")
+                },
+                source,
+            }
+        };
+        let statement = match self.statement(key).await {
+            Ok(s) => s,
+            Err(e) => return Err(describe(e)),
+        };
+        let mut params = Vec::new();
+        for (rows, &width) in columns.iter().zip(widths) {
+            for col in 0..width {
+                params.push(ColumnParam::new(rows, col));
+            }
+        }
+        self.client
+            .execute_raw(&statement, params.iter().map(|p| p as &dyn ToSql))
+            .await
+            .map_err(describe)
+    }
+
+    /// Writes everything in `pending` (which the caller then clears).
+    pub async fn flush(&mut self, pending: &PendingOps) -> Result<(), WriteError> {
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let plan = Arc::clone(&self.plan);
+        for t in plan.delete_order() {
+            let keys: Vec<&[Datum]> = pending
+                .table(t)
+                .ops()
+                .iter()
+                .filter_map(|op| match op {
+                    Op::Delete(k) => Some(k.as_slice()),
+                    _ => None,
+                })
+                .collect();
+            if let Some(first) = keys.first() {
+                let width = plan.tables[t].key_inputs.len();
+                self.execute(StatementKey::Delete(t), "delete from", t, &[&keys], &[width], first)
+                    .await?;
+            }
+        }
+        for &t in &plan.upsert_order {
+            let rows: Vec<&[Datum]> = pending
+                .table(t)
+                .ops()
+                .iter()
+                .filter_map(|op| match op {
+                    Op::Upsert(r) => Some(r.as_slice()),
+                    _ => None,
+                })
+                .collect();
+            if let Some(first) = rows.first() {
+                let tp = &plan.tables[t];
+                let key: Vec<Datum> = tp.key_inputs.iter().map(|&k| first[k].clone()).collect();
+                self.execute(
+                    StatementKey::Upsert(t),
+                    "upsert into",
+                    t,
+                    &[&rows],
+                    &[tp.inputs.len()],
+                    &key,
+                )
+                .await?;
+            }
+        }
+        for &t in &plan.upsert_order {
+            let mut groups: HashMap<&[usize], PartialRows<'_>> = HashMap::new();
+            for op in pending.table(t).ops() {
+                if let Op::Partial { old_key, new, untouched } = op {
+                    let group = groups.entry(untouched.as_slice()).or_default();
+                    group.0.push(new);
+                    group.1.push(old_key);
+                }
+            }
+            for (untouched, (rows, keys)) in groups {
+                self.write_partial(t, untouched, &rows, &keys).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn write_partial(
+        &mut self,
+        t: TableIdx,
+        untouched: &[usize],
+        rows: &[&[Datum]],
+        keys: &[&[Datum]],
+    ) -> Result<(), WriteError> {
+        let plan = Arc::clone(&self.plan);
+        let tp = &plan.tables[t];
+        let first = keys.first().copied().unwrap_or(&[]);
+        self.execute(
+            StatementKey::Partial(t, untouched.to_vec()),
+            "update",
+            t,
+            &[rows, keys],
+            &[tp.inputs.len(), tp.key_inputs.len()],
+            first,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Writes one operation on its own (a barrier).
+    pub async fn write_one(&mut self, table: TableIdx, op: &Op) -> Result<(), WriteError> {
+        let change = match op {
+            Op::Partial { old_key, new, untouched } => {
+                return self.write_partial(table, untouched, &[new], &[old_key]).await;
+            }
+            Op::Upsert(new) => crate::change::Change::Insert { table, new: new.clone() },
+            Op::Delete(old_key) => {
+                crate::change::Change::Delete { table, old_key: old_key.clone() }
+            }
+        };
+        let plan = Arc::clone(&self.plan);
+        let mut pending = PendingOps::new(plan.tables.len());
+        // Full rows and keys never fail the unchanged-TOAST check.
+        let _ = pending.push(&plan, change);
+        self.flush(&pending).await
+    }
+
+    /// Truncates the target tables of `tables`.
+    pub async fn truncate(&mut self, tables: &[TableIdx]) -> Result<(), WriteError> {
+        let plan = Arc::clone(&self.plan);
+        let sql = statements::truncate(tables.iter().map(|&t| &plan.tables[t]));
+        self.client.batch_execute(&sql).await.map_err(|source| WriteError {
+            op: "truncate",
+            table: tables
+                .iter()
+                .map(|&t| plan.tables[t].target.readable())
+                .collect::<Vec<_>>()
+                .join(", "),
+            rows: "all rows".into(),
+            source,
+        })
+    }
+}

@@ -1,0 +1,267 @@
+//! `walshift run`: stream from the slot and apply into the shadow tables
+//! until stopped.
+//!
+//! The mapping is compiled against both catalogs first (bad input exits 2
+//! before anything runs). Then a supervisor runs *sessions*: one target
+//! connection, one replication stream started at the target's checkpoint,
+//! a reader task and an applier task joined by a bounded channel. A session
+//! ends on shutdown or on an error, classified as:
+//!
+//! * transient (connection lost, server restart, serialization failure,
+//!   deadlock, lock timeout): reconnect with exponential backoff and resume
+//!   from the checkpoint;
+//! * retry-strict (a coalesced batch hit a constraint or data error): resume
+//!   at once from the checkpoint and replay the failed transactions one row
+//!   per statement in source order;
+//! * fatal (schema drift, a constraint the mapping violates in strict mode,
+//!   a protocol violation): stop with the table, key and LSN in the error.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch};
+use tokio_postgres::types::PgLsn;
+
+use crate::apply::{self, Applier, ApplierOptions, ApplyError, ApplyErrorClass, ApplyStats};
+use crate::config::ValidatedConfig;
+use crate::error::{self, Error};
+use crate::lsn::Lsn;
+use crate::pg::catalog;
+use crate::pg::client::{self, SessionLimits};
+use crate::replication::reader::{self, Reader, ReaderError};
+use crate::replication::stream::{LogicalStream, StreamOptions};
+use crate::runtime::shutdown::Shutdown;
+use crate::runtime::tasks::spawn_named;
+use crate::transform::Plan;
+
+/// First reconnect delay; doubles up to `source.reconnect_max_backoff_ms`.
+const INITIAL_BACKOFF: Duration = Duration::from_millis(250);
+
+/// A session that lasted this long resets the backoff.
+const HEALTHY_SESSION: Duration = Duration::from_secs(30);
+
+/// Totals of a `run` that was stopped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunSummary {
+    /// What the applier did, over all sessions.
+    pub applied: ApplyStats,
+    /// Sessions restarted after transient errors.
+    pub reconnects: u64,
+    /// Strict replays after a batch failed.
+    pub strict_replays: u64,
+}
+
+/// How a session ended badly.
+#[derive(Debug)]
+enum SessionError {
+    Apply(ApplyError),
+    Reader(ReaderError),
+    Setup(Error),
+}
+
+impl SessionError {
+    fn class(&self) -> ApplyErrorClass {
+        match self {
+            SessionError::Apply(e) => e.class(),
+            SessionError::Reader(e) if e.is_transient() => ApplyErrorClass::Transient,
+            SessionError::Reader(_) => ApplyErrorClass::Fatal,
+            SessionError::Setup(Error::Connect(_)) => ApplyErrorClass::Transient,
+            SessionError::Setup(Error::Stream(e)) if e.is_transient() => ApplyErrorClass::Transient,
+            SessionError::Setup(Error::Sql { source, .. })
+                if client::classify(source) == client::SqlErrorKind::Transient =>
+            {
+                ApplyErrorClass::Transient
+            }
+            SessionError::Setup(_) => ApplyErrorClass::Fatal,
+        }
+    }
+
+    fn into_error(self) -> Error {
+        match self {
+            SessionError::Apply(e) => Error::Apply(e),
+            SessionError::Reader(e) => Error::Reader(e),
+            SessionError::Setup(e) => e,
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            SessionError::Apply(e) => error::display_chain(e),
+            SessionError::Reader(e) => error::display_chain(e),
+            SessionError::Setup(e) => error::display_chain(e),
+        }
+    }
+}
+
+/// Checks the preconditions and compiles the plan; exits 2 on bad input.
+pub async fn prepare(cfg: &ValidatedConfig) -> Result<Plan, Error> {
+    let source = client::connect(&cfg.source.url, "run", SessionLimits::ADMIN).await?;
+    let target = client::connect(&cfg.target.url, "run", SessionLimits::ADMIN).await?;
+    let plan = Plan::compile(cfg, &source, &target).await?;
+    let slot = catalog::slot_info(&source, &cfg.source.slot)
+        .await
+        .map_err(Error::sql("looking up the replication slot"))?;
+    if slot.is_none() {
+        return Err(Error::Precondition(format!(
+            "replication slot {} does not exist on the source: run `walshift setup` first",
+            cfg.source.slot
+        )));
+    }
+    let registered = target
+        .query_opt(
+            "select 1 from pg_namespace n join pg_class c on c.relnamespace = n.oid \
+             where n.nspname = 'walshift' and c.relname = 'migrations'",
+            &[],
+        )
+        .await
+        .map_err(Error::sql("looking up the state schema"))?
+        .is_some()
+        && target
+            .query_opt("select 1 from walshift.migrations where name = $1", &[&cfg.migration_name])
+            .await
+            .map_err(Error::sql("looking up the migration"))?
+            .is_some();
+    if !registered {
+        return Err(Error::Precondition(format!(
+            "migration {} is not registered in the target's walshift schema: run `walshift setup` first",
+            cfg.migration_name
+        )));
+    }
+    Ok(plan)
+}
+
+/// Runs until `shutdown`, or a fatal error.
+pub async fn run(cfg: &ValidatedConfig, shutdown: Shutdown) -> Result<RunSummary, Error> {
+    let plan = Arc::new(prepare(cfg).await?);
+    tracing::info!(
+        migration = %cfg.migration_name,
+        tables = plan.tables.len(),
+        slot = %cfg.source.slot,
+        "mapping compiled; starting to apply"
+    );
+    let mut summary = RunSummary::default();
+    let mut strict_through = Lsn::ZERO;
+    let mut backoff = INITIAL_BACKOFF;
+    loop {
+        let started = Instant::now();
+        match session(cfg, Arc::clone(&plan), strict_through, shutdown.clone()).await {
+            Ok(stats) if shutdown.is_triggered() => {
+                add(&mut summary.applied, stats);
+                return Ok(summary);
+            }
+            Ok(stats) => {
+                add(&mut summary.applied, stats);
+                summary.reconnects += 1;
+                tracing::warn!("session ended without an error; resuming from the checkpoint");
+            }
+            Err((stats, err)) => {
+                add(&mut summary.applied, stats);
+                if shutdown.is_triggered() {
+                    return Ok(summary);
+                }
+                match err.class() {
+                    ApplyErrorClass::Fatal => return Err(err.into_error()),
+                    ApplyErrorClass::RetryStrict(through) => {
+                        summary.strict_replays += 1;
+                        strict_through = strict_through.max(through);
+                        tracing::warn!(
+                            error = %err.describe(),
+                            through = %through,
+                            "batch failed; replaying it row by row in source order"
+                        );
+                    }
+                    ApplyErrorClass::Transient => {
+                        summary.reconnects += 1;
+                        if started.elapsed() >= HEALTHY_SESSION {
+                            backoff = INITIAL_BACKOFF;
+                        }
+                        tracing::warn!(
+                            error = %err.describe(),
+                            retry_in_ms = backoff.as_millis() as u64,
+                            "transient error; resuming from the checkpoint"
+                        );
+                        let mut waiting = shutdown.clone();
+                        tokio::select! {
+                            () = tokio::time::sleep(backoff) => {}
+                            () = waiting.wait() => return Ok(summary),
+                        }
+                        backoff = (backoff * 2).min(cfg.source.reconnect_max_backoff);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn add(total: &mut ApplyStats, stats: ApplyStats) {
+    total.transactions += stats.transactions;
+    total.changes += stats.changes;
+    total.commits += stats.commits;
+}
+
+/// Reads the applied position from the target's state schema.
+pub async fn load_checkpoint(
+    client: &tokio_postgres::Client,
+    migration: &str,
+) -> Result<Lsn, tokio_postgres::Error> {
+    let row = client.query_opt(apply::statements::LOAD_PROGRESS, &[&migration]).await?;
+    match row {
+        Some(row) => {
+            let lsn: PgLsn = row.try_get(0)?;
+            Ok(Lsn(u64::from(lsn)))
+        }
+        None => Ok(Lsn::ZERO),
+    }
+}
+
+async fn session(
+    cfg: &ValidatedConfig,
+    plan: Arc<Plan>,
+    strict_through: Lsn,
+    shutdown: Shutdown,
+) -> Result<ApplyStats, (ApplyStats, SessionError)> {
+    let none = ApplyStats::default();
+    let fail = |e: Error| (none, SessionError::Setup(e));
+    let target = client::connect(&cfg.target.url, "apply", SessionLimits::APPLY)
+        .await
+        .map_err(|e| fail(e.into()))?;
+    let checkpoint = load_checkpoint(&target, &cfg.migration_name)
+        .await
+        .map_err(|e| fail(Error::sql("reading the applied position")(e)))?;
+    let (durable_tx, durable_rx) = watch::channel(Lsn::ZERO);
+    let options = ApplierOptions {
+        migration: cfg.migration_name.clone(),
+        batch_max_rows: cfg.apply.batch_max_rows as usize,
+        batch_max_wait: cfg.apply.batch_max_wait,
+        strict_through,
+    };
+    let applier = Applier::new(target, Arc::clone(&plan), options, checkpoint, durable_tx)
+        .await
+        .map_err(|e| (none, SessionError::Apply(e)))?;
+    let stream_options = StreamOptions {
+        slot: cfg.source.slot.clone(),
+        publication: cfg.source.publication.clone(),
+        start_lsn: checkpoint,
+        status_interval: cfg.source.status_interval,
+    };
+    let source = cfg.source.url.with_application_name("walshift:reader");
+    let stream =
+        LogicalStream::start(&source, &stream_options).await.map_err(|e| fail(e.into()))?;
+    tracing::info!(%checkpoint, strict_through = %strict_through, "streaming");
+
+    let (tx, rx) = mpsc::channel(reader::CHANNEL_CHUNKS);
+    let reader = Reader::new(stream, plan, checkpoint, tx, durable_rx);
+    let reader_task = spawn_named("reader", reader.run(shutdown.clone()));
+    let applier_task = spawn_named("applier", applier.run(rx, shutdown));
+    let (read, applied) = tokio::join!(reader_task, applier_task);
+    let joined = |what: &str| {
+        Error::Precondition(format!("the {what} task ended abnormally (a bug: please report it)"))
+    };
+    let applied = applied.map_err(|_| (none, SessionError::Setup(joined("applier"))))?;
+    let read = read.map_err(|_| (none, SessionError::Setup(joined("reader"))))?;
+    match (applied, read) {
+        (Err(e), _) => Err((none, SessionError::Apply(e))),
+        (Ok(stats), Err(e)) => Err((stats, SessionError::Reader(e))),
+        (Ok(stats), Ok(_)) => Ok(stats),
+    }
+}

@@ -1,0 +1,384 @@
+//! The reader task: replication stream in, projected [`StreamItem`]s out to
+//! the applier through a bounded channel, standby status updates back.
+//!
+//! # Progress tracking
+//!
+//! The flush LSN reported to the server comes only from the applier's
+//! durable position (a `watch` channel): the end LSN of the last source
+//! transaction whose target commit is flushed. While the reader is between
+//! transactions and the applier has made durable everything forwarded, the
+//! keepalive's WAL end is reported instead, so an idle slot (or one whose
+//! traffic is all in unpublished tables) does not pin WAL. That position is
+//! never stored as a resume point: the stored checkpoint is only ever a
+//! commit the target applied.
+//!
+//! # Resuming
+//!
+//! The stream starts at the target's checkpoint (the end of the last
+//! applied commit). Transactions whose commit record starts before it were
+//! applied already and are skipped whole, whatever the server sends.
+//!
+//! # Backpressure
+//!
+//! Items travel in chunks (one per socket read, at most
+//! [`CHUNK_MAX_ITEMS`] or [`CHUNK_MAX_BYTES`]); the channel holds
+//! [`CHANNEL_CHUNKS`] chunks. When the applier falls behind, the reader stops
+//! reading the socket, so lag shows up as WAL on the source rather than as
+//! memory here; while it waits it still answers keepalives.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{mpsc, watch};
+
+use crate::change::{Change, StreamItem};
+use crate::lsn::Lsn;
+use crate::replication::pgoutput::{PgOutputMessage, PgTimestamp};
+use crate::replication::relation_cache::{RelationCache, RelationUpdate};
+use crate::replication::stream::{LogicalStream, StreamError, StreamEvent};
+use crate::runtime::shutdown::Shutdown;
+use crate::transform::{DriftError, Plan, ProjectError, Projection};
+
+/// Items per chunk: large enough that channel overhead is per thousand rows,
+/// small enough that the applier starts on a backlog at once.
+pub const CHUNK_MAX_ITEMS: usize = 1024;
+
+/// Bytes per chunk, so chunks of very large rows stay small.
+pub const CHUNK_MAX_BYTES: usize = 4 << 20;
+
+/// Chunks in flight between reader and applier: enough to keep the applier
+/// busy while the reader decodes the next socket read (about two default
+/// batches), and at most `CHANNEL_CHUNKS * CHUNK_MAX_BYTES` (32 MiB) of rows.
+pub const CHANNEL_CHUNKS: usize = 8;
+
+/// Errors of the reader.
+#[derive(Debug, thiserror::Error)]
+pub enum ReaderError {
+    /// The replication stream failed.
+    #[error(transparent)]
+    Stream(#[from] StreamError),
+    /// A mapped table changed incompatibly.
+    #[error(
+        "schema drift at {lsn}, nothing after the last applied transaction was applied: {source}"
+    )]
+    Drift {
+        /// Position of the Relation message that showed it.
+        lsn: Lsn,
+        /// What changed.
+        #[source]
+        source: DriftError,
+    },
+    /// A tuple could not be projected.
+    #[error("cannot read a change at {lsn}: {source}")]
+    Project {
+        /// Position of the change.
+        lsn: Lsn,
+        /// The cause.
+        #[source]
+        source: ProjectError,
+    },
+    /// The server broke pgoutput's rules.
+    #[error("replication protocol violation at {lsn}: {problem}")]
+    Protocol {
+        /// Position of the offending message.
+        lsn: Lsn,
+        /// What was wrong.
+        problem: String,
+    },
+}
+
+impl ReaderError {
+    /// Whether reconnecting can help.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, ReaderError::Stream(e) if e.is_transient())
+    }
+}
+
+/// How a relation id maps onto the plan.
+#[derive(Debug)]
+enum Mapped {
+    /// Not a mapped table: its changes are ignored.
+    Ignored,
+    /// A mapped table and how to project its tuples.
+    Table(usize, Projection),
+}
+
+/// Counters of one reader run.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReaderStats {
+    /// Transactions skipped because the checkpoint covers them.
+    pub skipped_transactions: u64,
+}
+
+/// The reader task's state.
+pub struct Reader {
+    stream: LogicalStream,
+    plan: Arc<Plan>,
+    checkpoint: Lsn,
+    relations: RelationCache,
+    mapped: HashMap<u32, Mapped>,
+    /// `Some(skip)` inside a transaction.
+    in_txn: Option<bool>,
+    /// End of the last transaction forwarded or skipped.
+    last_end: Lsn,
+    /// Latest keepalive WAL end.
+    keepalive_end: Lsn,
+    tx: mpsc::Sender<Vec<StreamItem>>,
+    durable: watch::Receiver<Lsn>,
+    chunk: Vec<StreamItem>,
+    chunk_bytes: usize,
+    stats: ReaderStats,
+}
+
+impl std::fmt::Debug for Reader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reader").field("checkpoint", &self.checkpoint).finish_non_exhaustive()
+    }
+}
+
+fn system_time(ts: PgTimestamp) -> SystemTime {
+    let micros = ts.unix_micros().unwrap_or(0);
+    match u64::try_from(micros) {
+        Ok(m) => SystemTime::UNIX_EPOCH + Duration::from_micros(m),
+        Err(_) => SystemTime::UNIX_EPOCH,
+    }
+}
+
+impl Reader {
+    /// A reader of `stream` (started at `checkpoint`) feeding `tx`.
+    pub fn new(
+        stream: LogicalStream,
+        plan: Arc<Plan>,
+        checkpoint: Lsn,
+        tx: mpsc::Sender<Vec<StreamItem>>,
+        durable: watch::Receiver<Lsn>,
+    ) -> Self {
+        Reader {
+            stream,
+            plan,
+            checkpoint,
+            relations: RelationCache::new(),
+            mapped: HashMap::new(),
+            in_txn: None,
+            last_end: checkpoint,
+            keepalive_end: Lsn::ZERO,
+            tx,
+            durable,
+            chunk: Vec::with_capacity(CHUNK_MAX_ITEMS),
+            chunk_bytes: 0,
+            stats: ReaderStats::default(),
+        }
+    }
+
+    /// Reads until shutdown, an error, or the applier going away. On
+    /// shutdown it stops forwarding, waits for the applier to finish and
+    /// reports its final durable position before closing the stream.
+    pub async fn run(mut self, mut shutdown: Shutdown) -> Result<ReaderStats, ReaderError> {
+        loop {
+            while let Some(event) = self.stream.next_buffered()? {
+                self.handle(event)?;
+                if (self.chunk.len() >= CHUNK_MAX_ITEMS || self.chunk_bytes >= CHUNK_MAX_BYTES)
+                    && !self.send_chunk().await?
+                {
+                    return Ok(self.stats);
+                }
+            }
+            if !self.chunk.is_empty() && !self.send_chunk().await? {
+                return Ok(self.stats);
+            }
+            self.confirm();
+            self.stream.send_status_if_due(false).await?;
+            let status_at = self.stream.next_status_at();
+            tokio::select! {
+                filled = self.stream.fill() => filled?,
+                changed = self.durable.changed() => {
+                    if changed.is_err() {
+                        // The applier is gone (it failed); its error is the story.
+                        return Ok(self.stats);
+                    }
+                }
+                () = tokio::time::sleep_until(status_at.into()) => {}
+                () = shutdown.wait() => break,
+            }
+        }
+        // Shutdown: let the applier finish with what it has, then report its
+        // final durable position.
+        let Reader { mut stream, mut durable, tx, stats, .. } = self;
+        drop(tx);
+        while durable.changed().await.is_ok() {}
+        stream.confirm_flushed(*durable.borrow());
+        stream.close().await?;
+        Ok(stats)
+    }
+
+    /// Reports the durable position (or the idle keepalive position).
+    fn confirm(&mut self) {
+        let durable = *self.durable.borrow();
+        self.stream.confirm_flushed(durable);
+        if self.in_txn.is_none() && durable >= self.last_end && self.keepalive_end > durable {
+            self.stream.confirm_flushed(self.keepalive_end);
+        }
+    }
+
+    /// Sends the current chunk, answering keepalives while the channel is
+    /// full. Returns false when the applier is gone.
+    async fn send_chunk(&mut self) -> Result<bool, ReaderError> {
+        let chunk = std::mem::replace(&mut self.chunk, Vec::with_capacity(CHUNK_MAX_ITEMS));
+        self.chunk_bytes = 0;
+        loop {
+            let status_at = self.stream.next_status_at();
+            tokio::select! {
+                permit = self.tx.reserve() => {
+                    return match permit {
+                        Ok(permit) => {
+                            permit.send(chunk);
+                            Ok(true)
+                        }
+                        Err(_) => Ok(false),
+                    };
+                }
+                () = tokio::time::sleep_until(status_at.into()) => {
+                    let durable = *self.durable.borrow();
+                    self.stream.confirm_flushed(durable);
+                    self.stream.send_status_if_due(false).await?;
+                }
+            }
+        }
+    }
+
+    fn push(&mut self, item: StreamItem) {
+        self.chunk_bytes += item.size_hint();
+        self.chunk.push(item);
+    }
+
+    fn protocol(lsn: Lsn, problem: impl Into<String>) -> ReaderError {
+        ReaderError::Protocol { lsn, problem: problem.into() }
+    }
+
+    fn table_of(&self, lsn: Lsn, rel_id: u32) -> Result<Option<(usize, &Projection)>, ReaderError> {
+        match self.mapped.get(&rel_id) {
+            Some(Mapped::Table(idx, projection)) => Ok(Some((*idx, projection))),
+            Some(Mapped::Ignored) => Ok(None),
+            None => Err(Self::protocol(lsn, format!("change for unknown relation id {rel_id}"))),
+        }
+    }
+
+    fn handle(&mut self, event: StreamEvent) -> Result<(), ReaderError> {
+        let (lsn, message) = match event {
+            StreamEvent::Keepalive { wal_end } => {
+                self.keepalive_end = self.keepalive_end.max(wal_end);
+                return Ok(());
+            }
+            StreamEvent::Message { lsn, message } => (lsn, message),
+        };
+        let skipping = self.in_txn.unwrap_or(false);
+        let project = |source| ReaderError::Project { lsn, source };
+        match message {
+            PgOutputMessage::Begin(begin) => {
+                if self.in_txn.is_some() {
+                    return Err(Self::protocol(lsn, "begin inside a transaction"));
+                }
+                let skip = begin.final_lsn < self.checkpoint;
+                self.in_txn = Some(skip);
+                if skip {
+                    self.stats.skipped_transactions += 1;
+                } else {
+                    self.push(StreamItem::Begin { final_lsn: begin.final_lsn, xid: begin.xid });
+                }
+            }
+            PgOutputMessage::Commit(commit) => {
+                if self.in_txn.take().is_none() {
+                    return Err(Self::protocol(lsn, "commit outside a transaction"));
+                }
+                if !skipping {
+                    self.push(StreamItem::Commit {
+                        end_lsn: commit.end_lsn,
+                        commit_time: system_time(commit.commit_time),
+                    });
+                }
+                self.last_end = self.last_end.max(commit.end_lsn);
+            }
+            PgOutputMessage::Relation(rel) => {
+                let rel_id = rel.rel_id;
+                let mapped = match self.mapped.get(&rel_id) {
+                    Some(Mapped::Table(idx, _)) => Some(*idx),
+                    _ => self.plan.by_source(&rel.namespace, &rel.name).map(|t| t.index),
+                };
+                let entry = match mapped {
+                    Some(idx) => Mapped::Table(
+                        idx,
+                        Projection::resolve(&self.plan.tables[idx], &rel)
+                            .map_err(|source| ReaderError::Drift { lsn, source })?,
+                    ),
+                    None => Mapped::Ignored,
+                };
+                if let Mapped::Table(idx, _) = &entry {
+                    let target = self.plan.tables[*idx].target.readable();
+                    if let RelationUpdate::Changed { diff, .. } = self.relations.apply(rel) {
+                        tracing::info!(
+                            table = %target,
+                            added = ?diff.added,
+                            removed = ?diff.removed,
+                            retyped = ?diff.retyped,
+                            "mapped source table changed; columns the mapping does not read are ignored"
+                        );
+                    }
+                }
+                self.mapped.insert(rel_id, entry);
+            }
+            PgOutputMessage::Insert(insert) => {
+                if self.in_txn.is_none() {
+                    return Err(Self::protocol(lsn, "insert outside a transaction"));
+                }
+                if let Some((table, projection)) = self.table_of(lsn, insert.rel_id)? {
+                    if !skipping {
+                        let new = projection.insert(insert.new_tuple).map_err(project)?;
+                        self.push(StreamItem::Change(Change::Insert { table, new }));
+                    }
+                }
+            }
+            PgOutputMessage::Update(update) => {
+                if self.in_txn.is_none() {
+                    return Err(Self::protocol(lsn, "update outside a transaction"));
+                }
+                if let Some((table, projection)) = self.table_of(lsn, update.rel_id)? {
+                    if !skipping {
+                        let (old_key, new) = projection
+                            .update(update.old_tuple, update.new_tuple)
+                            .map_err(project)?;
+                        self.push(StreamItem::Change(Change::Update { table, old_key, new }));
+                    }
+                }
+            }
+            PgOutputMessage::Delete(delete) => {
+                if self.in_txn.is_none() {
+                    return Err(Self::protocol(lsn, "delete outside a transaction"));
+                }
+                if let Some((table, projection)) = self.table_of(lsn, delete.rel_id)? {
+                    if !skipping {
+                        let old_key = projection.delete(delete.old_tuple).map_err(project)?;
+                        self.push(StreamItem::Change(Change::Delete { table, old_key }));
+                    }
+                }
+            }
+            PgOutputMessage::Truncate(truncate) => {
+                if self.in_txn.is_none() {
+                    return Err(Self::protocol(lsn, "truncate outside a transaction"));
+                }
+                let mut tables = Vec::new();
+                for rel_id in truncate.rel_ids {
+                    if let Some((table, _)) = self.table_of(lsn, rel_id)? {
+                        tables.push(table);
+                    }
+                }
+                if !skipping && !tables.is_empty() {
+                    self.push(StreamItem::Truncate(tables));
+                }
+            }
+            PgOutputMessage::Origin(_) | PgOutputMessage::Type(_) | PgOutputMessage::Message(_) => {
+            }
+        }
+        Ok(())
+    }
+}

@@ -3,6 +3,7 @@
 //! They run against real PostgreSQL and Redis servers that [`support`] starts on
 //! loopback ports and always removes again; see its module doc.
 
+mod apply;
 mod connect;
 mod demo;
 mod harness;

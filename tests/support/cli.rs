@@ -218,3 +218,99 @@ impl TailProcess {
 pub fn rows(lines: &[serde_json::Value]) -> Vec<&serde_json::Value> {
     lines.iter().filter(|l| l.get("op").is_some()).collect()
 }
+
+impl Walshift {
+    /// A config with `db` as the source, an optional separate target URL,
+    /// `tables` (verbatim `[[tables]]` TOML) and `extra` TOML sections.
+    pub fn with_tables(
+        db: &TestDb<'_>,
+        target_url: Option<&str>,
+        tables: &str,
+        extra: &str,
+    ) -> Walshift {
+        let mut toml = format!(
+            "[migration]\nname = \"test\"\n\n[source]\nurl = \"{}\"\nslot = \"{}\"\n\
+             publication = \"{}\"\nstatus_interval_ms = 200\nreconnect_max_backoff_ms = 1000\n",
+            db.url(),
+            db.slot_name(),
+            db.publication_name()
+        );
+        if let Some(target) = target_url {
+            toml.push_str(&format!("\n[target]\nurl = \"{target}\"\n"));
+        }
+        toml.push_str(tables);
+        toml.push('\n');
+        toml.push_str(extra);
+        Walshift::with_config(&toml)
+    }
+
+    /// Starts `walshift run` in the background.
+    pub fn spawn_run(&self) -> RunProcess {
+        let mut cmd = self.command(&["run"]);
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn walshift run");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let err_pipe = child.stderr.take().expect("piped stderr");
+        let sink = Arc::clone(&stderr);
+        let reader = spawn_named("test-run-stderr", async move {
+            let mut reader = BufReader::new(err_pipe).lines();
+            while let Ok(Some(line)) = reader.next_line().await {
+                let mut s = sink.lock().unwrap();
+                s.push_str(&line);
+                s.push('\n');
+            }
+        });
+        RunProcess { child, stderr, reader: Some(reader) }
+    }
+}
+
+/// A running `walshift run`.
+pub struct RunProcess {
+    child: Child,
+    stderr: Arc<Mutex<String>>,
+    reader: Option<JoinHandle<()>>,
+}
+
+impl RunProcess {
+    /// What it logged so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Whether it has exited.
+    pub fn has_exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
+    /// `kill -9`: no chance to clean up anything.
+    pub async fn kill9(mut self) -> String {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+        if let Some(r) = self.reader.take() {
+            let _ = r.await;
+        }
+        self.stderr()
+    }
+
+    /// SIGTERM, then waits; returns the exit code and the log.
+    pub async fn stop(self) -> (Option<i32>, String) {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+        }
+        self.wait(Duration::from_secs(30)).await
+    }
+
+    /// Waits for it to exit by itself.
+    pub async fn wait(mut self, timeout: Duration) -> (Option<i32>, String) {
+        let status = tokio::time::timeout(timeout, self.child.wait())
+            .await
+            .unwrap_or_else(|_| {
+                panic!("walshift run did not exit within {timeout:?}; log:\n{}", self.stderr())
+            })
+            .expect("wait for walshift run");
+        if let Some(r) = self.reader.take() {
+            let _ = r.await;
+        }
+        (status.code(), self.stderr())
+    }
+}

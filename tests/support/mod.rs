@@ -30,6 +30,7 @@
 pub mod cli;
 pub mod pg;
 pub mod redis;
+pub mod shadow;
 pub mod wait;
 
 use std::ffi::OsStr;

@@ -4,6 +4,7 @@
 //! loopback ports and always removes again; see its module doc.
 
 mod apply;
+mod apply_crash;
 mod connect;
 mod demo;
 mod harness;

@@ -11,13 +11,20 @@
 //!                           replication::pgoutput (decode) ──▶ relation_cache
 //!                                                   │
 //!                                                   ▼
-//!                           commands::tail (JSON lines)   [apply, backfill: later]
+//!                           replication::reader (project through transform::Projection)
+//!                                                   │  Vec<change::StreamItem>, bounded
+//!                                                   ▼
+//!                           apply (coalesce, multi-row statements, checkpoint) ──▶ target
+//!                                                   │  durable LSN ──▶ flush LSN to the slot
+//!                           commands::tail (JSON lines)   [backfill, verify, cutover: later]
 //! ```
 //!
-//! Layout: `pg` holds ordinary SQL connections and everything that assembles
-//! SQL; `replication` the replication-protocol client and the pgoutput
-//! decoder; `commands` one module per CLI command; `config` the validated
-//! configuration every command starts from.
+//! Layout: `pg` holds ordinary SQL connections and catalog queries;
+//! `replication` the replication-protocol client, the pgoutput decoder and
+//! the reader task; `change` the types passed from reader to applier;
+//! `transform` the compiled mapping; `apply` the applier and its statements;
+//! `commands` one module per CLI command; `config` the validated
+//! configuration every command starts from. See `docs/apply.md`.
 
 pub mod apply;
 pub mod change;

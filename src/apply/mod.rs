@@ -68,6 +68,9 @@ const FLUSH_POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// Longest wait for the last commits to become durable when stopping.
 const FINAL_FLUSH_WAIT: Duration = Duration::from_secs(5);
 
+/// Interval of the `applied` progress log line.
+const PROGRESS_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
 /// Pending bytes that force a flush whatever the row count, so a batch of
 /// huge rows (large TOAST values) stays bounded in memory.
 pub const BATCH_MAX_BYTES: usize = 32 << 20;
@@ -236,6 +239,7 @@ pub struct Applier {
     durability: Durability,
     durable_tx: watch::Sender<Lsn>,
     stats: ApplyStats,
+    last_log: Instant,
 }
 
 impl std::fmt::Debug for Applier {
@@ -269,6 +273,7 @@ impl Applier {
             durability: Durability::default(),
             durable_tx,
             stats: ApplyStats::default(),
+            last_log: Instant::now(),
         };
         // The checkpoint may itself be an unflushed asynchronous commit of a
         // previous run: it only counts as durable once the WAL is flushed.
@@ -501,6 +506,17 @@ impl Applier {
         self.durability.committed(u64::from(insert), end_lsn);
         self.release(u64::from(flush));
         tracing::trace!(%end_lsn, transactions, changes, "committed batch");
+        if self.last_log.elapsed() >= PROGRESS_LOG_INTERVAL {
+            self.last_log = Instant::now();
+            tracing::info!(
+                applied_lsn = %end_lsn,
+                durable_lsn = %self.durability.durable,
+                transactions = self.stats.transactions,
+                changes = self.stats.changes,
+                commits = self.stats.commits,
+                "applied"
+            );
+        }
         Ok(())
     }
 }

@@ -66,10 +66,15 @@ const COMPARE: &[(&str, &str)] = &[
 
 /// One random source transaction: 1 to 8 statements over both tables —
 /// inserts, updates, deletes, key updates, multi-row updates.
-async fn random_transaction(client: &mut Client, rng: &mut fastrand::Rng, next_id: &mut i64) {
+async fn random_transaction(
+    client: &mut Client,
+    rng: &mut fastrand::Rng,
+    base_id: i64,
+    next_id: &mut i64,
+) {
     let tx = client.transaction().await.expect("begin");
     for _ in 0..rng.usize(1..=8) {
-        let id = rng.i64(1..(*next_id).max(2));
+        let id = rng.i64(base_id + 1..(*next_id).max(base_id + 2));
         let amount = rng.i64(-3..1000);
         let result = match rng.u32(0..100) {
             0..=34 => {
@@ -133,15 +138,16 @@ async fn random_transaction(client: &mut Client, rng: &mut fastrand::Rng, next_i
 fn spawn_workload(
     db_url: String,
     seed: u64,
+    base_id: i64,
     stop: Arc<AtomicBool>,
 ) -> tokio::task::JoinHandle<u64> {
     spawn_named("test-workload", async move {
         let mut client = crate::support::pg::connect(&db_url).await.expect("workload connection");
         let mut rng = fastrand::Rng::with_seed(seed);
-        let mut next_id = 0i64;
+        let mut next_id = base_id;
         let mut count = 0;
         while !stop.load(Ordering::Relaxed) {
-            random_transaction(&mut client, &mut rng, &mut next_id).await;
+            random_transaction(&mut client, &mut rng, base_id, &mut next_id).await;
             count += 1;
         }
         count
@@ -178,7 +184,11 @@ async fn kill_9_at_random_moments_loses_and_duplicates_nothing_cross_cluster() {
     let seed = fastrand::u64(..);
     eprintln!("workload seed {seed}");
     let stop = Arc::new(AtomicBool::new(false));
-    let workload = spawn_workload(source.url(), seed, Arc::clone(&stop));
+    // Two writers, so a backlog builds while walshift is down.
+    let workloads = [
+        spawn_workload(source.url(), seed, 0, Arc::clone(&stop)),
+        spawn_workload(source.url(), seed.wrapping_add(1), 1 << 40, Arc::clone(&stop)),
+    ];
     let target_client = target.client().await;
     let mut rng = fastrand::Rng::with_seed(seed ^ 0x5eed);
     let mut positions = Vec::new();
@@ -186,14 +196,20 @@ async fn kill_9_at_random_moments_loses_and_duplicates_nothing_cross_cluster() {
         let run = ws.spawn_run();
         // Crash at a random moment: sometimes right after start-up, mostly
         // while batches are in flight.
-        let delay = if round % 4 == 0 { rng.u64(20..150) } else { rng.u64(300..1200) };
+        let delay = if round % 3 == 0 { rng.u64(20..150) } else { rng.u64(100..700) };
         tokio::time::sleep(Duration::from_millis(delay)).await;
         let log = run.kill9().await;
         assert!(!log.contains("panicked"), "walshift panicked:\n{log}");
         positions.push(applied_lsn(&target_client).await);
+        // Down for a while: the next run starts on a backlog, so batches are
+        // large and kills land mid-drain.
+        tokio::time::sleep(Duration::from_millis(rng.u64(0..1500))).await;
     }
     stop.store(true, Ordering::Relaxed);
-    let transactions = workload.await.expect("workload task");
+    let mut transactions = 0;
+    for workload in workloads {
+        transactions += workload.await.expect("workload task");
+    }
     let run = ws.spawn_run();
     let source_client = source.client().await;
     for (source_sql, target_sql) in COMPARE {

@@ -230,7 +230,7 @@ impl Walshift {
     ) -> Walshift {
         let mut toml = format!(
             "[migration]\nname = \"test\"\n\n[source]\nurl = \"{}\"\nslot = \"{}\"\n\
-             publication = \"{}\"\nstatus_interval_ms = 200\nreconnect_max_backoff_ms = 1000\n",
+             publication = \"{}\"\nstatus_interval_ms = 100\nreconnect_max_backoff_ms = 1000\n",
             db.url(),
             db.slot_name(),
             db.publication_name()

@@ -250,10 +250,12 @@ impl std::fmt::Debug for Applier {
 
 impl Applier {
     /// An applier writing through `client`, which must be a fresh session
-    /// (it is switched to `synchronous_commit = off`). `checkpoint` is the
-    /// applied position read from the target at start.
+    /// (it is switched to `synchronous_commit = off`); `source` is a source
+    /// session for reading rows a partial update finds missing. `checkpoint`
+    /// is the applied position read from the target at start.
     pub async fn new(
         client: tokio_postgres::Client,
+        source: tokio_postgres::Client,
         plan: Arc<Plan>,
         options: ApplierOptions,
         checkpoint: Lsn,
@@ -265,7 +267,7 @@ impl Applier {
             .map_err(ApplyError::sql("configuring the apply session"))?;
         let mut applier = Applier {
             pending: PendingOps::new(plan.tables.len()),
-            writer: Writer::new(client, Arc::clone(&plan)),
+            writer: Writer::new(client, source, Arc::clone(&plan)),
             plan,
             options,
             batch: None,

@@ -67,6 +67,8 @@ fn input_cte(plan: &TablePlan, old_key: bool) -> String {
         );
     }
     if old_key {
+        // The row's position in the parameters, returned for rows updated.
+        cols.push_str(", u.n as \"?walshift_n\"");
         for (j, &k) in plan.key_inputs.iter().enumerate() {
             let input = &plan.inputs[k];
             add(
@@ -79,7 +81,11 @@ fn input_cte(plan: &TablePlan, old_key: bool) -> String {
             );
         }
     }
-    format!("s as (select {cols} from unnest({arrays}) as u({names}))")
+    if old_key {
+        format!("s as (select {cols} from unnest({arrays}) with ordinality as u({names}, n))")
+    } else {
+        format!("s as (select {cols} from unnest({arrays}) as u({names}))")
+    }
 }
 
 fn old_alias(j: usize) -> Ident {
@@ -182,6 +188,7 @@ pub fn partial_update(plan: &TablePlan, untouched: &[usize]) -> String {
     let set: Vec<usize> = (0..plan.outputs.len()).filter(|o| !untouched.contains(o)).collect();
     let mut x_cols: Vec<String> =
         (0..plan.key_inputs.len()).map(|j| format!("s.{}", old_alias(j))).collect();
+    x_cols.push("s.\"?walshift_n\"".to_owned());
     for &o in &set {
         x_cols.push(format!("({}) as {}", plan.outputs[o].expr, value_alias(o)));
     }
@@ -208,7 +215,37 @@ pub fn partial_update(plan: &TablePlan, untouched: &[usize]) -> String {
     if plan.filter.is_some() {
         let _ = write!(sql, " and x.{KEEP}");
     }
+    sql.push_str(" returning x.\"?walshift_n\"");
     sql
+}
+
+/// Reads current rows from the *source* by key: every input as text, one
+/// `text[]` parameter per key input. Used for rows a partial update found
+/// missing in the target (see `docs/apply.md`, "Unchanged TOAST").
+pub fn fetch_rows(plan: &TablePlan) -> String {
+    let cols: Vec<String> = plan.inputs.iter().map(|i| format!("t.{}::text", i.name)).collect();
+    let mut keys = String::new();
+    let mut arrays = String::new();
+    let mut names = String::new();
+    let mut on = String::new();
+    for (j, &k) in plan.key_inputs.iter().enumerate() {
+        if j > 0 {
+            keys.push_str(", ");
+            arrays.push_str(", ");
+            names.push_str(", ");
+            on.push_str(" and ");
+        }
+        let input = &plan.inputs[k];
+        let _ = write!(keys, "u.k{j}::{} as k{j}", input.cast_type);
+        let _ = write!(arrays, "${}::text[]", j + 1);
+        let _ = write!(names, "k{j}");
+        let _ = write!(on, "t.{} = s.k{j}", input.name);
+    }
+    format!(
+        "select {} from {} as t join (select {keys} from unnest({arrays}) as u({names})) as s on {on}",
+        cols.join(", "),
+        plan.source
+    )
 }
 
 /// `truncate` of the given target tables.
@@ -296,11 +333,21 @@ mod tests {
         let sql = partial_update(&plan(false), &[1]);
         assert_eq!(
             sql,
-            "with s as (select u.c0::bigint as \"id\", u.c1::text as \"email\", u.k0::bigint as \
-             \"?walshift_old_0\" from unnest($1::text[], $2::text[], $3::text[]) as u(c0, c1, k0)), \
-             x as (select s.\"?walshift_old_0\", (id) as \"?walshift_v_0\" from s) update \
+            "with s as (select u.c0::bigint as \"id\", u.c1::text as \"email\", u.n as \
+             \"?walshift_n\", u.k0::bigint as \"?walshift_old_0\" from unnest($1::text[], \
+             $2::text[], $3::text[]) with ordinality as u(c0, c1, k0, n)), x as (select \
+             s.\"?walshift_old_0\", s.\"?walshift_n\", (id) as \"?walshift_v_0\" from s) update \
              \"billing_new\".\"orgs\" as t set \"org_id\" = x.\"?walshift_v_0\" from x where \
-             t.\"org_id\" = x.\"?walshift_old_0\""
+             t.\"org_id\" = x.\"?walshift_old_0\" returning x.\"?walshift_n\""
+        );
+    }
+
+    #[test]
+    fn fetch_reads_the_source_by_key() {
+        assert_eq!(
+            fetch_rows(&plan(false)),
+            "select t.\"id\"::text, t.\"email\"::text from \"public\".\"orgs\" as t join \
+             (select u.k0::bigint as k0 from unnest($1::text[]) as u(k0)) as s on t.\"id\" = s.k0"
         );
     }
 

@@ -47,8 +47,11 @@ pub struct WriteError {
 /// Executes pending operations on one target connection.
 pub struct Writer {
     client: Client,
+    /// A source connection, for rows a partial update finds missing.
+    source: Client,
     plan: Arc<Plan>,
     statements: HashMap<StatementKey, Statement>,
+    fetches: HashMap<TableIdx, Statement>,
 }
 
 impl std::fmt::Debug for Writer {
@@ -75,9 +78,10 @@ pub fn render_key(plan: &TablePlan, key: &[Datum]) -> String {
 }
 
 impl Writer {
-    /// A writer on `client` for `plan`.
-    pub fn new(client: Client, plan: Arc<Plan>) -> Self {
-        Writer { client, plan, statements: HashMap::new() }
+    /// A writer on `client` (target) for `plan`; `source` reads rows that
+    /// partial updates find missing.
+    pub fn new(client: Client, source: Client, plan: Arc<Plan>) -> Self {
+        Writer { client, source, plan, statements: HashMap::new(), fetches: HashMap::new() }
     }
 
     /// The connection, for transaction control and progress.
@@ -203,6 +207,11 @@ impl Writer {
         Ok(())
     }
 
+    /// Updates rows in place by old key, leaving `untouched` outputs alone.
+    /// A row the target does not have (it was outside the filter, or not
+    /// backfilled yet) cannot be completed from the change, so its current
+    /// version is read from the source by key and upserted; later changes
+    /// in the stream apply on top of it (see `docs/apply.md`).
     async fn write_partial(
         &mut self,
         t: TableIdx,
@@ -212,17 +221,99 @@ impl Writer {
     ) -> Result<(), WriteError> {
         let plan = Arc::clone(&self.plan);
         let tp = &plan.tables[t];
+        let describe = |source, n: usize, key: &[Datum]| WriteError {
+            op: "update",
+            table: tp.target.readable(),
+            rows: if n == 1 {
+                format!("1 row, key {}", render_key(tp, key))
+            } else {
+                format!("{n} rows")
+            },
+            source,
+        };
         let first = keys.first().copied().unwrap_or(&[]);
-        self.execute(
-            StatementKey::Partial(t, untouched.to_vec()),
-            "update",
-            t,
-            &[rows, keys],
-            &[tp.inputs.len(), tp.key_inputs.len()],
-            first,
-        )
-        .await?;
+        let statement = self
+            .statement(StatementKey::Partial(t, untouched.to_vec()))
+            .await
+            .map_err(|e| describe(e, rows.len(), first))?;
+        let mut params = Vec::new();
+        for col in 0..tp.inputs.len() {
+            params.push(ColumnParam::new(rows, col));
+        }
+        for col in 0..tp.key_inputs.len() {
+            params.push(ColumnParam::new(keys, col));
+        }
+        let updated = self
+            .client
+            .query(&statement, &params.iter().map(|p| p as &(dyn ToSql + Sync)).collect::<Vec<_>>())
+            .await
+            .map_err(|e| describe(e, rows.len(), first))?;
+        let mut found = vec![false; keys.len()];
+        for row in &updated {
+            let n: i64 = row.try_get(0).map_err(|e| describe(e, rows.len(), first))?;
+            if let Some(slot) = usize::try_from(n - 1).ok().and_then(|i| found.get_mut(i)) {
+                *slot = true;
+            }
+        }
+        let missing: Vec<&[Datum]> =
+            keys.iter().zip(&found).filter(|(_, f)| !**f).map(|(k, _)| *k).collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let fetched = self.fetch_from_source(t, &missing).await.map_err(|e| WriteError {
+            op: "read missing rows from",
+            table: tp.source.readable(),
+            rows: format!("{} rows", missing.len()),
+            source: e,
+        })?;
+        tracing::debug!(
+            table = %tp.target.readable(),
+            missing = missing.len(),
+            fetched = fetched.len(),
+            "partial update found rows missing in the target; read them from the source"
+        );
+        if fetched.is_empty() {
+            return Ok(());
+        }
+        let refs: Vec<&[Datum]> = fetched.iter().map(Vec::as_slice).collect();
+        let key: Vec<Datum> = tp.key_inputs.iter().map(|&k| refs[0][k].clone()).collect();
+        self.execute(StatementKey::Upsert(t), "upsert into", t, &[&refs], &[tp.inputs.len()], &key)
+            .await?;
         Ok(())
+    }
+
+    async fn fetch_from_source(
+        &mut self,
+        t: TableIdx,
+        keys: &[&[Datum]],
+    ) -> Result<Vec<Vec<Datum>>, tokio_postgres::Error> {
+        let statement = match self.fetches.get(&t) {
+            Some(s) => s.clone(),
+            None => {
+                let s = self.source.prepare(&statements::fetch_rows(&self.plan.tables[t])).await?;
+                self.fetches.insert(t, s.clone());
+                s
+            }
+        };
+        let width = self.plan.tables[t].key_inputs.len();
+        let params: Vec<ColumnParam<'_>> = (0..width).map(|c| ColumnParam::new(keys, c)).collect();
+        let rows = self
+            .source
+            .query(&statement, &params.iter().map(|p| p as &(dyn ToSql + Sync)).collect::<Vec<_>>())
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let mut values = Vec::with_capacity(row.len());
+            for i in 0..row.len() {
+                let v: Option<String> = row.try_get(i)?;
+                values.push(match v {
+                    Some(s) => Datum::Text(bytes::Bytes::from(s)),
+                    None => Datum::Null,
+                });
+            }
+            out.push(values);
+        }
+        Ok(out)
     }
 
     /// Writes one operation on its own (a barrier).

@@ -235,9 +235,13 @@ async fn session(
         batch_max_wait: cfg.apply.batch_max_wait,
         strict_through,
     };
-    let applier = Applier::new(target, Arc::clone(&plan), options, checkpoint, durable_tx)
+    let source_sql = client::connect(&cfg.source.url, "fetch", SessionLimits::APPLY)
         .await
-        .map_err(|e| (none, SessionError::Apply(e)))?;
+        .map_err(|e| fail(e.into()))?;
+    let applier =
+        Applier::new(target, source_sql, Arc::clone(&plan), options, checkpoint, durable_tx)
+            .await
+            .map_err(|e| (none, SessionError::Apply(e)))?;
     let stream_options = StreamOptions {
         slot: cfg.source.slot.clone(),
         publication: cfg.source.publication.clone(),

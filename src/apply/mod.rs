@@ -37,8 +37,9 @@
 //!   of reordering (a unique value moved between rows, a cycle of foreign
 //!   keys): the batch is rolled back and replayed in *strict* mode, one row
 //!   per statement in exact source order, which is how native replication
-//!   applies. A violation in strict mode is the mapping's fault and stops
-//!   the run, naming the table, the key and the LSN.
+//!   applies, each source transaction committed on its own. A violation in
+//!   strict mode is the mapping's fault and stops the run, naming the table,
+//!   the key and the LSN, with every transaction before it applied.
 
 pub mod batch;
 pub mod params;
@@ -448,15 +449,18 @@ impl Applier {
                 }
             }
             StreamItem::Commit { end_lsn, .. } => {
-                if self.txn.take().is_none() {
+                let Some(txn) = self.txn.take() else {
                     return Err(ApplyError::Protocol("commit outside a transaction"));
-                }
+                };
                 let Some(b) = &mut self.batch else {
                     return Err(ApplyError::Protocol("commit without a target transaction"));
                 };
                 b.end_lsn = Some(end_lsn);
                 b.transactions += 1;
-                if b.changes >= self.options.batch_max_rows
+                // A strict replay commits each source transaction on its own,
+                // so a failure leaves every transaction before it applied.
+                if txn.strict
+                    || b.changes >= self.options.batch_max_rows
                     || b.started.elapsed() >= self.options.batch_max_wait
                 {
                     self.commit().await?;

@@ -34,7 +34,7 @@ fn try_main(cli: Cli) -> Result<error::ExitCode, Error> {
     let runtime = match cli.command {
         // The reader decodes while the applier waits on the target: two
         // workers let both use a core.
-        Command::Run => {
+        Command::Run | Command::Demo(_) => {
             tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()
         }
         _ => tokio::runtime::Builder::new_current_thread().enable_all().build(),

@@ -1,15 +1,18 @@
 //! `walshift demo`: the whole pipeline on a throwaway cluster, no set-up.
 //!
 //! 1. start a local PostgreSQL cluster (temp dir, free port, `wal_level=logical`);
-//! 2. load the seed billing schema (`sql/demo/seed_billing.sql`) with sample data;
-//! 3. `setup`: publication, slot, state schema;
-//! 4. run a write workload (inserts, updates, deletes over the three tables)
-//!    while `tail` streams the changes, showing the first few and a progress line;
-//! 5. stop the workload, wait until the stream has confirmed everything written,
-//!    and check that every row change written was streamed exactly once;
-//! 6. remove the cluster — also on Ctrl-C.
+//! 2. create the seed billing tables (`sql/demo/seed_billing.sql`) and the
+//!    example shadow schema (`sql/billing_new.sql`);
+//! 3. `setup`: the mapping is compiled against `billing_new`; publication,
+//!    slot, state schema;
+//! 4. `run` (in-process): stream and apply into `billing_new`;
+//! 5. load the sample data and run a write workload (inserts, updates,
+//!    deletes over the three tables) with a progress line (lag in bytes);
+//! 6. stop the workload, wait until every shadow table equals
+//!    `transform(source)` row for row (compared by query), stop `run`;
+//! 7. remove the cluster — also on Ctrl-C.
 //!
-//! Later stages (apply, backfill, cutover) extend this demo.
+//! Backfill (rows that exist before the slot) and cutover extend this demo.
 
 pub mod cluster;
 
@@ -58,17 +61,13 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
 
-use crate::cli::TailArgs;
-use crate::commands::{setup, tail};
+use crate::commands::{run, setup};
 use crate::config::Config;
 use crate::error::{Error, ExitCode};
 use crate::pg::client::{self, SessionLimits};
 use crate::runtime::shutdown::{self, Shutdown};
 use crate::runtime::tasks::spawn_named;
 use cluster::LocalCluster;
-
-/// Lines of the stream shown in full before switching to a counter.
-const SHOWN_LINES: u64 = 5;
 
 /// Options of the demo.
 #[derive(Debug, Clone, Copy)]
@@ -104,32 +103,30 @@ async fn run_on(
     let db = client::connect(&cfg.source.url, "demo", SessionLimits::ADMIN).await?;
     db.batch_execute(include_str!("../../sql/demo/seed_billing.sql"))
         .await
-        .map_err(Error::sql("loading the seed billing schema"))?;
+        .map_err(Error::sql("creating the seed billing schema"))?;
     db.batch_execute(include_str!("../../sql/billing_new.sql"))
         .await
         .map_err(Error::sql("creating the example shadow schema"))?;
-    eprintln!(
-        "  loaded the seed billing schema: 100 organizations, 10000 usage events, 300 invoices"
-    );
+    eprintln!("  created the seed billing tables (public.*) and the shadow schema (billing_new.*)");
     setup::run(&cfg).await?;
-    eprintln!("  setup: publication, replication slot and state schema created");
-
-    // The stream, printing into a sink that shows a few lines and counts the rest.
-    let streamed = Arc::new(AtomicU64::new(0));
-    let (stop_tail_tx, stop_tail) = shutdown::channel();
-    let tail_args = TailArgs { all: false, no_ack: false, endpos: None, start_lsn: None };
-    let sink_count = Arc::clone(&streamed);
-    let tail_cfg = cfg.clone();
-    let tail_task = spawn_named("demo-tail", async move {
-        let mut sink = DemoSink { lines: sink_count };
-        tail::run(&tail_cfg, &tail_args, stop_tail, &mut sink).await
-    });
-
-    // The workload.
     eprintln!(
-        "  running a write workload for {:?} while tail streams the changes:",
-        options.duration
+        "  setup: mapping checked against billing_new, publication, slot and state schema created"
     );
+
+    let (stop_apply_tx, stop_apply) = shutdown::channel();
+    let run_cfg = cfg.clone();
+    let mut apply_task =
+        spawn_named("demo-run", async move { run::run(&run_cfg, stop_apply).await });
+    eprintln!("  walshift run: streaming from the slot into billing_new");
+
+    // Sample data goes through the stream like any other write (backfill of
+    // rows that existed before the slot is the next stage).
+    db.batch_execute(include_str!("../../sql/demo/seed_billing_data.sql"))
+        .await
+        .map_err(Error::sql("loading the sample data"))?;
+    eprintln!("  loaded sample data: 100 organizations, 10000 usage events, 300 invoices");
+
+    eprintln!("  running a write workload for {:?}:", options.duration);
     let writer = client::connect(&cfg.source.url, "demo-workload", SessionLimits::ADMIN).await?;
     let written = Arc::new(AtomicU64::new(0));
     let stop_workload = Arc::new(AtomicBool::new(false));
@@ -140,106 +137,130 @@ async fn run_on(
     let deadline = tokio::time::Instant::now() + options.duration;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut interrupted = false;
+    let mut apply_ended = false;
     loop {
         tokio::select! {
             _ = tokio::time::sleep_until(deadline) => break,
             _ = interrupt.wait() => { interrupted = true; break }
-            _ = tick.tick() => progress(&written, &streamed),
+            _ = &mut apply_task => { apply_ended = true; break }
+            _ = tick.tick() => progress(&db, &cfg.source.slot, &written).await,
         }
     }
     stop_workload.store(true, Ordering::Relaxed);
-    let workload_result = workload.await;
-    if let Ok(Err(error)) = &workload_result {
+    if let Ok(Err(error)) = workload.await {
         tracing::warn!(error = %error, "demo workload stopped");
     }
 
-    // Wait until the slot has confirmed everything written.
-    let end: String = db
-        .query_one("select pg_current_wal_insert_lsn()::text", &[])
-        .await
-        .and_then(|r| r.try_get(0))
-        .map_err(Error::sql("reading the WAL position"))?;
-    let caught_up_by = tokio::time::Instant::now() + Duration::from_secs(30);
-    let mut caught_up = false;
-    while !interrupted && tokio::time::Instant::now() < caught_up_by {
-        let row = db
-            .query_one(
-                "select confirmed_flush_lsn >= $1::text::pg_lsn from pg_replication_slots where slot_name = $2",
-                &[&end, &cfg.source.slot],
-            )
-            .await
-            .map_err(Error::sql("reading the slot position"))?;
-        if row.try_get::<_, bool>(0).unwrap_or(false) {
-            caught_up = true;
-            break;
+    // Wait until every shadow table equals transform(source).
+    let mut converged = None;
+    if !interrupted && !apply_ended {
+        let until = tokio::time::Instant::now() + Duration::from_secs(60);
+        while tokio::time::Instant::now() < until {
+            let diffs = differences(&db).await?;
+            if diffs.iter().all(|d| d.1 == 0) {
+                converged = Some(diffs);
+                break;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                _ = interrupt.wait() => { interrupted = true; break }
+            }
         }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-            _ = interrupt.wait() => interrupted = true,
-        }
+        progress(&db, &cfg.source.slot, &written).await;
     }
-    stop_tail_tx.trigger();
-    let tail_outcome = tail_task.await;
-    progress(&written, &streamed);
-    eprintln!();
-    let summary = match tail_outcome {
-        Ok(Ok((_, summary))) => summary,
-        Ok(Err(error)) => return Err(error),
-        Err(join) => return Err(Error::Precondition(format!("demo tail task failed: {join}"))),
+    stop_apply_tx.trigger();
+    let summary = if apply_ended {
+        return Err(Error::Precondition("walshift run stopped during the demo".into()));
+    } else {
+        match apply_task.await {
+            Ok(Ok(summary)) => summary,
+            Ok(Err(error)) => return Err(error),
+            Err(join) => return Err(Error::Precondition(format!("demo run task failed: {join}"))),
+        }
     };
-    let written = written.load(Ordering::Relaxed);
+    eprintln!();
     eprintln!("summary:");
-    eprintln!("  row changes written by the workload: {written}");
+    eprintln!("  row changes written by the workload: {}", written.load(Ordering::Relaxed));
     eprintln!(
-        "  row changes streamed by walshift:    {} in {} transactions",
-        summary.rows, summary.transactions
+        "  applied by walshift: {} row changes in {} source transactions, {} target commits",
+        summary.applied.changes, summary.applied.transactions, summary.applied.commits
     );
     eprintln!("  elapsed: {:.1} s", started.elapsed().as_secs_f64());
     if interrupted {
         eprintln!("  interrupted: cleaning up");
         return Ok(ExitCode::Interrupted);
     }
-    if !caught_up || summary.rows != written {
+    let Some(tables) = converged else {
+        let diffs = differences(&db).await?;
         return Err(Error::Precondition(format!(
-            "demo check failed: wrote {written} row changes but streamed {} (caught up: {caught_up})",
-            summary.rows
+            "demo check failed: the shadow tables did not converge to transform(source) within 60 s: {diffs:?}"
         )));
+    };
+    for (table, _, rows) in &tables {
+        eprintln!(
+            "  billing_new.{table}: {rows} rows, equal to transform(public.{table}) row for row"
+        );
     }
-    eprintln!("  every change written was streamed exactly once");
     Ok(ExitCode::Success)
 }
 
-fn progress(written: &AtomicU64, streamed: &AtomicU64) {
+/// `transform(source)` and the shadow table, verified columns only, per table.
+const COMPARE: &[(&str, &str, &str)] = &[
+    (
+        "organizations",
+        "select id, name, lower(email), plan_code, created_at from public.organizations",
+        "select id, name, billing_email, plan, created_at from billing_new.organizations",
+    ),
+    (
+        "usage_events",
+        "select id, org_id, event_type, quantity::numeric(20,6), (amount_cents / 100.0)::numeric(14,2), \
+         occurred_at, 'migrated'::text from public.usage_events",
+        "select id, organization_id, event_type, quantity, amount, occurred_at, processing_status \
+         from billing_new.usage_events",
+    ),
+    (
+        "invoices",
+        "select id, org_id, (total_cents / 100.0)::numeric(14,2), upper(currency)::char(3), issued_at, status \
+         from public.invoices",
+        "select id, organization_id, total, currency, issued_at, status from billing_new.invoices",
+    ),
+];
+
+/// Per table: (name, rows that differ in either direction, rows in the source).
+async fn differences(db: &Client) -> Result<Vec<(&'static str, i64, i64)>, Error> {
+    let mut out = Vec::new();
+    for (table, source, target) in COMPARE {
+        let sql = format!(
+            "select (select count(*) from (({source}) except all ({target})) a) \
+                  + (select count(*) from (({target}) except all ({source})) b), \
+                    (select count(*) from ({source}) c)"
+        );
+        let row =
+            db.query_one(&sql, &[]).await.map_err(Error::sql("comparing the shadow tables"))?;
+        let diff: i64 = row.try_get(0).map_err(Error::sql("comparing the shadow tables"))?;
+        let rows: i64 = row.try_get(1).map_err(Error::sql("comparing the shadow tables"))?;
+        out.push((*table, diff, rows));
+    }
+    Ok(out)
+}
+
+async fn progress(db: &Client, slot: &str, written: &AtomicU64) {
+    let lag: Option<i64> = db
+        .query_opt(
+            "select pg_wal_lsn_diff(pg_current_wal_insert_lsn(), confirmed_flush_lsn)::bigint \
+             from pg_replication_slots where slot_name = $1",
+            &[&slot],
+        )
+        .await
+        .ok()
+        .flatten()
+        .and_then(|r| r.try_get(0).ok());
     eprint!(
-        "\r  written {:>7} row changes, streamed {:>7}",
+        "\r  written {:>7} row changes | replication lag {:>8} kB",
         written.load(Ordering::Relaxed),
-        streamed.load(Ordering::Relaxed)
+        lag.map_or_else(|| "?".to_owned(), |l| (l / 1024).to_string())
     );
     let _ = std::io::stderr().flush();
-}
-
-/// Shows the first lines of the stream, then only counts.
-struct DemoSink {
-    lines: Arc<AtomicU64>,
-}
-
-impl Write for DemoSink {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        for line in buf.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-            let n = self.lines.fetch_add(1, Ordering::Relaxed);
-            if n < SHOWN_LINES {
-                let mut stdout = std::io::stdout();
-                stdout.write_all(b"\r")?;
-                stdout.write_all(line)?;
-                stdout.write_all(b"\n")?;
-            }
-        }
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        std::io::stdout().flush()
-    }
 }
 
 /// A billing-like write mix; counts the rows it changed in published tables.

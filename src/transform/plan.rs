@@ -342,9 +342,9 @@ async fn compile_table(
 ) -> Result<Option<TablePlan>, Error> {
     let source_name = table.source.readable();
     let target_name = table.target.readable();
-    let failures_before = std::cell::Cell::new(0usize);
+    let failures_before = std::sync::atomic::AtomicUsize::new(0);
     let mut failed = |subject: String, problem: String| {
-        failures_before.set(failures_before.get() + 1);
+        failures_before.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         fail(subject, problem);
     };
 
@@ -512,7 +512,7 @@ async fn compile_table(
         }
     }
 
-    if failures_before.get() > 0 {
+    if failures_before.load(std::sync::atomic::Ordering::Relaxed) > 0 {
         return Ok(None);
     }
 

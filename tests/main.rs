@@ -5,6 +5,7 @@
 
 mod apply;
 mod apply_crash;
+mod apply_edge;
 mod connect;
 mod demo;
 mod harness;

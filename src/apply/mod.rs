@@ -119,6 +119,22 @@ pub enum ApplyError {
         #[source]
         source: MissingToast,
     },
+    /// The target transaction could not commit (e.g. a deferred constraint).
+    #[error(
+        "cannot commit the target transaction holding source transactions up to {through}{mode}: {}",
+        client::server_message(source)
+    )]
+    Commit {
+        /// Highest source commit position in it.
+        through: Lsn,
+        /// Whether it was a strict replay.
+        strict: bool,
+        /// `", strict replay"` or empty, for the message.
+        mode: &'static str,
+        /// The cause.
+        #[source]
+        source: tokio_postgres::Error,
+    },
     /// Transaction control or progress bookkeeping failed.
     #[error("{context}: {}", client::server_message(source))]
     Sql {
@@ -162,6 +178,11 @@ impl ApplyError {
                     _ => ApplyErrorClass::Fatal,
                 }
             }
+            ApplyError::Commit { source, strict, through, .. } => match client::classify(source) {
+                SqlErrorKind::Transient => ApplyErrorClass::Transient,
+                SqlErrorKind::Constraint if !strict => ApplyErrorClass::RetryStrict(*through),
+                _ => ApplyErrorClass::Fatal,
+            },
             ApplyError::Sql { source, .. } => match client::classify(source) {
                 SqlErrorKind::Transient => ApplyErrorClass::Transient,
                 _ => ApplyErrorClass::Fatal,
@@ -369,9 +390,14 @@ impl Applier {
     }
 
     fn write_error(&self, source: WriteError) -> ApplyError {
-        let txn = self.txn.map(|t| (t.final_lsn, t.strict));
-        let (lsn, strict) = txn.unwrap_or((Lsn::ZERO, false));
-        let through = self.batch.as_ref().map_or(lsn, |b| b.through.max(lsn));
+        // Between source transactions (a flush at commit time) the last
+        // transaction of the batch is the one being written.
+        let batch_through = self.batch.as_ref().map_or(Lsn::ZERO, |b| b.through);
+        let (lsn, strict) = match self.txn {
+            Some(t) => (t.final_lsn, t.strict),
+            None => (batch_through, batch_through <= self.options.strict_through),
+        };
+        let through = batch_through.max(lsn);
         ApplyError::Write {
             lsn,
             through,
@@ -499,7 +525,12 @@ impl Applier {
         // A failed progress write aborts the transaction, and COMMIT of an
         // aborted transaction rolls back: check it first.
         saved.map_err(ApplyError::sql("saving the applied position"))?;
-        committed.map_err(ApplyError::sql("committing on the target"))?;
+        if let Err(source) = committed {
+            let through = self.batch.as_ref().map_or(end_lsn, |b| b.through);
+            let strict = through <= self.options.strict_through;
+            let mode = if strict { ", strict replay" } else { "" };
+            return Err(ApplyError::Commit { through, strict, mode, source });
+        }
         let row = position.map_err(ApplyError::sql("reading the target's WAL position"))?;
         let insert: PgLsn =
             row.try_get(0).map_err(ApplyError::sql("reading the target's WAL position"))?;

@@ -302,7 +302,7 @@ impl Applier {
         // The checkpoint may itself be an unflushed asynchronous commit of a
         // previous run: it only counts as durable once the WAL is flushed.
         let (insert, flush) = applier.wal_positions().await?;
-        applier.durability.committed(insert, checkpoint);
+        applier.durability.committed(flushable_position(insert), checkpoint);
         applier.release(flush);
         Ok(applier)
     }
@@ -540,7 +540,7 @@ impl Applier {
         self.stats.commits += 1;
         self.stats.transactions += transactions;
         self.stats.changes += changes as u64;
-        self.durability.committed(u64::from(insert), end_lsn);
+        self.durability.committed(flushable_position(u64::from(insert)), end_lsn);
         self.release(u64::from(flush));
         tracing::trace!(%end_lsn, transactions, changes, "committed batch");
         if self.last_log.elapsed() >= PROGRESS_LOG_INTERVAL {
@@ -558,6 +558,29 @@ impl Applier {
     }
 }
 
+/// WAL page size and the sizes of the page headers (`XLOG_BLCKSZ`,
+/// `SizeOfXLogShortPHD`, `SizeOfXLogLongPHD`), for [`flushable_position`].
+const WAL_PAGE: u64 = 8192;
+const WAL_SHORT_HEADER: u64 = 24;
+const WAL_LONG_HEADER: u64 = 40;
+const WAL_SEGMENT: u64 = 16 << 20;
+
+/// `pg_current_wal_insert_lsn()` reports a position *after* the header of
+/// the next page when the last record ended exactly at a page boundary; no
+/// WAL lies between the page start and that position, but the flush pointer
+/// stops at the page start until more WAL is written (possibly much later
+/// on an idle target). Maps such a position back to the page start so a
+/// commit counts as durable once the flush pointer reaches it.
+fn flushable_position(insert: u64) -> u64 {
+    if insert % WAL_SEGMENT == WAL_LONG_HEADER {
+        insert - WAL_LONG_HEADER
+    } else if insert % WAL_PAGE == WAL_SHORT_HEADER {
+        insert - WAL_SHORT_HEADER
+    } else {
+        insert
+    }
+}
+
 async fn sleep_until_opt(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d.into()).await,
@@ -568,6 +591,13 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn positions_after_a_page_header_are_flushable_at_the_page_start() {
+        assert_eq!(flushable_position(0x1_6000 + 24), 0x1_6000);
+        assert_eq!(flushable_position(0x100_0000 + 40), 0x100_0000);
+        assert_eq!(flushable_position(0x1_6000 + 100), 0x1_6000 + 100);
+    }
 
     #[test]
     fn durability_releases_in_order_only_when_flushed() {

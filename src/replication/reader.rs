@@ -5,7 +5,9 @@
 //!
 //! The flush LSN reported to the server comes only from the applier's
 //! durable position (a `watch` channel): the end LSN of the last source
-//! transaction whose target commit is flushed. While the reader is between
+//! transaction whose target commit is flushed. It is sent as soon as it
+//! moves (and at least every status interval), so the slot, and any lag
+//! measured from it, follows the target closely. While the reader is between
 //! transactions and the applier has made durable everything forwarded, the
 //! keepalive's WAL end is reported instead, so an idle slot (or one whose
 //! traffic is all in unpublished tables) does not pin WAL. That position is
@@ -189,6 +191,7 @@ impl Reader {
             }
             self.confirm();
             self.stream.send_status_if_due(false).await?;
+            self.stream.send_status_if_advanced().await?;
             let status_at = self.stream.next_status_at();
             tokio::select! {
                 filled = self.stream.fill() => filled?,

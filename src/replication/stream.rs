@@ -105,6 +105,8 @@ pub struct LogicalStream {
     last_status: Instant,
     received: Lsn,
     flushed: Lsn,
+    /// The flush position in the last status update sent.
+    reported: Lsn,
     reply_pending: bool,
     status_buf: BytesMut,
 }
@@ -123,6 +125,7 @@ impl LogicalStream {
             // Nothing is confirmed until the caller says so: `0/0` leaves the
             // slot where it is, even when starting at an explicit position.
             flushed: Lsn::ZERO,
+            reported: Lsn::ZERO,
             reply_pending: false,
             status_buf: BytesMut::with_capacity(64),
         })
@@ -183,6 +186,16 @@ impl LogicalStream {
         Ok(())
     }
 
+    /// Sends a status update if the confirmed position moved since the last
+    /// one, so the slot follows the consumer's durable progress at once (as
+    /// native apply workers do) rather than once per status interval.
+    pub async fn send_status_if_advanced(&mut self) -> Result<(), StreamError> {
+        if self.flushed > self.reported {
+            self.send_status(false).await?;
+        }
+        Ok(())
+    }
+
     /// Sends a status update asking the server to answer with a keepalive,
     /// which tells us how far it has read even when it has nothing to send.
     pub async fn request_keepalive(&mut self) -> Result<(), StreamError> {
@@ -200,6 +213,7 @@ impl LogicalStream {
         update.encode(SystemTime::now(), &mut self.status_buf);
         self.conn.send_copy_data(&self.status_buf).await?;
         self.last_status = Instant::now();
+        self.reported = self.flushed;
         self.reply_pending = false;
         tracing::trace!(flush = %self.flushed, "sent standby status update");
         Ok(())

@@ -158,6 +158,25 @@ pub fn upsert(plan: &TablePlan) -> String {
     sql
 }
 
+/// Multi-row plain insert of rows new to the target (no `ON CONFLICT`, so
+/// no speculative insertion): one `text[]` per input. Rows that fail the
+/// filter are skipped.
+pub fn insert(plan: &TablePlan) -> String {
+    let columns: Vec<String> = plan.outputs.iter().map(|o| o.column.to_string()).collect();
+    let exprs: Vec<String> = plan.outputs.iter().map(|o| format!("({})", o.expr)).collect();
+    let mut sql = format!(
+        "with {} insert into {} as t ({}) select {} from s",
+        input_cte(plan, false),
+        plan.target,
+        columns.join(", "),
+        exprs.join(", ")
+    );
+    if let Some(keep) = filter_expr(plan) {
+        let _ = write!(sql, " where {keep}");
+    }
+    sql
+}
+
 /// Multi-row delete by key: one `text[]` per key input.
 pub fn delete(plan: &TablePlan) -> String {
     let mut cols = String::new();

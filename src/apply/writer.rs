@@ -24,6 +24,7 @@ type PartialRows<'a> = (Vec<&'a [Datum]>, Vec<&'a [Datum]>);
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum StatementKey {
+    Insert(TableIdx),
     Upsert(TableIdx),
     Delete(TableIdx),
     Partial(TableIdx, Vec<usize>),
@@ -57,6 +58,15 @@ pub struct Writer {
 impl std::fmt::Debug for Writer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Writer").field("statements", &self.statements.len()).finish()
+    }
+}
+
+/// `1 row, key id=7` or `250 rows`, for error messages.
+fn rows_label(plan: &TablePlan, rows: usize, first_key: &[Datum]) -> String {
+    if rows == 1 {
+        format!("1 row, key {}", render_key(plan, first_key))
+    } else {
+        format!("{rows} rows")
     }
 }
 
@@ -94,6 +104,7 @@ impl Writer {
             return Ok(s.clone());
         }
         let sql = match &key {
+            StatementKey::Insert(t) => statements::insert(&self.plan.tables[*t]),
             StatementKey::Upsert(t) => statements::upsert(&self.plan.tables[*t]),
             StatementKey::Delete(t) => statements::delete(&self.plan.tables[*t]),
             StatementKey::Partial(t, untouched) => {
@@ -121,11 +132,7 @@ impl Writer {
             WriteError {
                 op,
                 table: plan.target.readable(),
-                rows: if rows == 1 {
-                    format!("1 row, key {}", render_key(plan, first_key))
-                } else {
-                    format!("{rows} rows")
-                },
+                rows: rows_label(plan, rows, first_key),
                 source,
             }
         };
@@ -173,6 +180,18 @@ impl Writer {
                 .ops()
                 .iter()
                 .filter_map(|op| match op {
+                    Op::Insert(r) => Some(r.as_slice()),
+                    _ => None,
+                })
+                .collect();
+            if !rows.is_empty() {
+                self.write_inserts(t, &rows).await?;
+            }
+            let rows: Vec<&[Datum]> = pending
+                .table(t)
+                .ops()
+                .iter()
+                .filter_map(|op| match op {
                     Op::Upsert(r) => Some(r.as_slice()),
                     _ => None,
                 })
@@ -207,6 +226,68 @@ impl Writer {
         Ok(())
     }
 
+    /// Plain multi-row INSERT of rows new to the target, inside a savepoint:
+    /// if the target already has one of the keys (a row the operator loaded,
+    /// or one a backfill chunk copied), the insert is rolled back to the
+    /// savepoint and the rows are written as upserts instead.
+    async fn write_inserts(&mut self, t: TableIdx, rows: &[&[Datum]]) -> Result<(), WriteError> {
+        let plan = Arc::clone(&self.plan);
+        let tp = &plan.tables[t];
+        let key: Vec<Datum> = tp.key_inputs.iter().map(|&k| rows[0][k].clone()).collect();
+        let statement = match self.statement(StatementKey::Insert(t)).await {
+            Ok(s) => s,
+            Err(source) => {
+                return Err(WriteError {
+                    op: "insert into",
+                    table: tp.target.readable(),
+                    rows: rows_label(tp, rows.len(), &key),
+                    source,
+                });
+            }
+        };
+        let params: Vec<ColumnParam<'_>> =
+            (0..tp.inputs.len()).map(|c| ColumnParam::new(rows, c)).collect();
+        let client = &self.client;
+        // Pipelined: savepoint, insert and release go out together.
+        let (saved, inserted, released) = tokio::join!(
+            client.batch_execute("savepoint walshift_insert"),
+            client.execute_raw(&statement, params.iter().map(|p| p as &dyn ToSql)),
+            client.batch_execute("release savepoint walshift_insert"),
+        );
+        let describe = |source| WriteError {
+            op: "insert into",
+            table: tp.target.readable(),
+            rows: rows_label(tp, rows.len(), &key),
+            source,
+        };
+        saved.map_err(describe)?;
+        match inserted {
+            Ok(_) => released.map_err(describe),
+            Err(e) if e.as_db_error().is_some_and(|db| db.code().code() == "23505") => {
+                client
+                    .batch_execute("rollback to savepoint walshift_insert")
+                    .await
+                    .map_err(describe)?;
+                client
+                    .batch_execute("release savepoint walshift_insert")
+                    .await
+                    .map_err(describe)?;
+                tracing::debug!(table = %tp.target.readable(), "insert found existing keys; upserting");
+                self.execute(
+                    StatementKey::Upsert(t),
+                    "upsert into",
+                    t,
+                    &[rows],
+                    &[tp.inputs.len()],
+                    &key,
+                )
+                .await
+                .map(|_| ())
+            }
+            Err(e) => Err(describe(e)),
+        }
+    }
+
     /// Updates rows in place by old key, leaving `untouched` outputs alone.
     /// A row the target does not have (it was outside the filter, or not
     /// backfilled yet) cannot be completed from the change, so its current
@@ -224,11 +305,7 @@ impl Writer {
         let describe = |source, n: usize, key: &[Datum]| WriteError {
             op: "update",
             table: tp.target.readable(),
-            rows: if n == 1 {
-                format!("1 row, key {}", render_key(tp, key))
-            } else {
-                format!("{n} rows")
-            },
+            rows: rows_label(tp, n, key),
             source,
         };
         let first = keys.first().copied().unwrap_or(&[]);
@@ -322,7 +399,9 @@ impl Writer {
             Op::Partial { old_key, new, untouched } => {
                 return self.write_partial(table, untouched, &[new], &[old_key]).await;
             }
-            Op::Upsert(new) => crate::change::Change::Insert { table, new: new.clone() },
+            Op::Upsert(new) | Op::Insert(new) => {
+                crate::change::Change::Insert { table, new: new.clone() }
+            }
             Op::Delete(old_key) => {
                 crate::change::Change::Delete { table, old_key: old_key.clone() }
             }

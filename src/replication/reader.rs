@@ -186,6 +186,17 @@ impl Reader {
                     return Ok(self.stats);
                 }
             }
+            // The received bytes are used up. If more are already waiting in
+            // the socket, keep filling this chunk: sending one chunk per
+            // socket read would make chunks (and so the channel's capacity in
+            // rows) small, and the walsender would stall while the applier
+            // runs a statement.
+            if !self.chunk.is_empty() && self.chunk.len() < CHUNK_MAX_ITEMS {
+                if let Ok(filled) = tokio::time::timeout(Duration::ZERO, self.stream.fill()).await {
+                    filled?;
+                    continue;
+                }
+            }
             if !self.chunk.is_empty() && !self.send_chunk().await? {
                 return Ok(self.stats);
             }

@@ -23,15 +23,7 @@ PORT="$SRC_PORT"
 echo "cluster on port $PORT; generating $ROWS row changes ..."
 
 psql_at "$PORT" -d postgres <<SQL
-create table usage_events (
-    id bigint primary key,
-    org_id bigint not null,
-    event_type text not null,
-    quantity numeric(20,6) not null,
-    amount_cents bigint not null,
-    occurred_at timestamptz not null,
-    payload jsonb
-);
+$USAGE_EVENTS_DDL
 create publication bench_pub for table usage_events;
 select pg_create_logical_replication_slot('bench_walshift', 'pgoutput');
 select pg_create_logical_replication_slot('bench_recv_' || i, 'pgoutput') from generate_series(0, $REPS) i;

@@ -49,10 +49,24 @@ CONF
     printf -v "${name}_DIR" '%s' "$dir"
 }
 
+# on_exit CMD: run CMD (e.g. stop a background process) on exit, before the
+# clusters stop; hooks run in registration order and may fail.
+EXIT_HOOKS=()
+on_exit() { EXIT_HOOKS+=("$1"); }
+
 stop_clusters() {
+    local hook
+    for hook in ${EXIT_HOOKS[@]+"${EXIT_HOOKS[@]}"}; do eval "$hook" || true; done
     for dir in "${CLUSTER_DIRS[@]}"; do
         as_pg "$PG_BIN/pg_ctl" -D "$dir/data" -m immediate stop >/dev/null 2>&1 || true
     done
+    # KEEP_LOGS=DIR keeps the server logs and the scripts' logs and outputs.
+    if [ -n "${KEEP_LOGS:-}" ]; then
+        mkdir -p "$KEEP_LOGS"
+        for dir in "${CLUSTER_DIRS[@]}"; do cp "$dir/log" "$KEEP_LOGS/$(basename "$dir").log" 2>/dev/null || true; done
+        cp "$BENCH_TMP"/*.log "$BENCH_TMP"/*.txt "$KEEP_LOGS/" 2>/dev/null || true
+        echo "logs kept in $KEEP_LOGS" >&2
+    fi
     rm -rf "$BENCH_TMP"
 }
 trap stop_clusters EXIT
@@ -85,10 +99,102 @@ fi
 # now_s: wall clock with sub-second precision
 now_s() { date +%s.%N; }
 
+# walshift_bin: $WALSHIFT_BIN if set, else the release binary, built (or
+# rebuilt if the sources changed: a stale binary would bench old code) first.
 walshift_bin() {
-    local bin="${WALSHIFT_BIN:-target/release/walshift}"
-    if [ ! -x "$bin" ]; then
-        cargo build --release --quiet
+    if [ -n "${WALSHIFT_BIN:-}" ]; then echo "$WALSHIFT_BIN"; return; fi
+    local root
+    root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+    (cd "$root" && cargo build --release --quiet) >&2
+    echo "$root/target/release/walshift"
+}
+
+# bench_revision: the commit the binary was built from, and whether src/ had
+# uncommitted changes.
+bench_revision() {
+    local root
+    root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+    if git -C "$root" rev-parse --short HEAD >/dev/null 2>&1; then
+        printf '%s%s' "$(git -C "$root" rev-parse --short HEAD)" \
+            "$(git -C "$root" diff --quiet HEAD -- src Cargo.toml Cargo.lock || echo ' + uncommitted changes')"
+    else
+        printf 'unknown revision'
     fi
-    echo "$bin"
+}
+
+# flush_wal PORT: make the server flush all its WAL now. With
+# synchronous_commit = off the WAL writer flushes only up to the last
+# asynchronous commit, so WAL written after it (e.g. pruning records) can
+# wait for the next running-xacts record (up to 15 s) before a walsender may
+# send it. A transaction with an xid and synchronous_commit = on flushes
+# everything up to its commit record.
+flush_wal() {
+    psql_at "$1" -d postgres -c "set synchronous_commit = on" -c "select txid_current()" >/dev/null
+}
+
+# wait_slot_inactive PORT SLOT: until no process streams from SLOT.
+wait_slot_inactive() {
+    local i
+    for i in $(seq 1 300); do
+        [ "$(psql_at "$1" -d postgres -Atc "select active from pg_replication_slots where slot_name = '$2'")" = f ] && return 0
+        sleep 0.1
+    done
+    echo "error: slot $2 still active after 30 s" >&2
+    return 1
+}
+
+# cpu_s PID...: user+system CPU seconds the processes have used so far.
+cpu_s() {
+    local pid hz
+    hz="$(getconf CLK_TCK)"
+    for pid in "$@"; do cat "/proc/$pid/stat"; done |
+        awk -v hz="$hz" '{ sub(/^.*\) /, ""); s += $12 + $13 } END { printf "%.2f", s / hz }'
+}
+
+# vm_hwm_kb PID: peak resident set size of a running process, in kB.
+vm_hwm_kb() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status"; }
+
+# The seed billing `usage_events` shape every bench uses (primary key only).
+USAGE_EVENTS_DDL="create table usage_events (
+    id bigint primary key,
+    org_id bigint not null,
+    event_type text not null,
+    quantity numeric(20,6) not null,
+    amount_cents bigint not null,
+    occurred_at timestamptz not null,
+    payload jsonb
+);"
+
+# write_walshift_config FILE SRC_PORT TGT_PORT STATUS_MS: a walshift config
+# applying public.usage_events (same-named columns) from SRC to TGT through
+# slot bench_ws and publication bench_pub, with the default [apply] batching.
+write_walshift_config() {
+    cat >"$1" <<TOML
+[migration]
+name = "bench"
+[source]
+url = "postgres://postgres@127.0.0.1:$2/postgres?sslmode=disable"
+slot = "bench_ws"
+publication = "bench_pub"
+status_interval_ms = $4
+[target]
+url = "postgres://postgres@127.0.0.1:$3/postgres?sslmode=disable"
+[[tables]]
+source = "public.usage_events"
+target = "public.usage_events"
+[apply]
+batch_max_rows = 5000
+batch_max_ms = 100
+TOML
+}
+
+# apply_bench_prologue: the shared start of the apply benches. Sets WATCH
+# (the slot watcher), BIN (a private copy of the release binary, so a
+# rebuild during the run cannot change what is measured) and SCRIPT_T0.
+apply_bench_prologue() {
+    WATCH="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/slot_watch.py"
+    BIN="$(walshift_bin)"
+    cp "$BIN" "$BENCH_TMP/walshift" && BIN="$BENCH_TMP/walshift"
+    SCRIPT_T0="$(now_s)"
+    echo "walshift $(bench_revision); load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 }

@@ -193,10 +193,20 @@ async fn kill_9_at_random_moments_loses_and_duplicates_nothing_cross_cluster() {
     let mut rng = fastrand::Rng::with_seed(seed ^ 0x5eed);
     let mut positions = Vec::new();
     for round in 0..12 {
+        let before = applied_lsn(&target_client).await;
         let run = ws.spawn_run();
-        // Crash at a random moment: sometimes right after start-up, mostly
-        // while batches are in flight.
-        let delay = if round % 3 == 0 { rng.u64(20..150) } else { rng.u64(100..700) };
+        // Crash at a random moment: every third round during start-up, the
+        // others once this run has committed something (start-up can take
+        // long on a loaded machine), at a random point of its drain.
+        let delay = if round % 3 == 0 {
+            rng.u64(20..150)
+        } else {
+            wait_until("the restarted run commits", WAIT, async || {
+                applied_lsn(&target_client).await != before
+            })
+            .await;
+            rng.u64(0..400)
+        };
         tokio::time::sleep(Duration::from_millis(delay)).await;
         let log = run.kill9().await;
         assert!(!log.contains("panicked"), "walshift panicked:\n{log}");
@@ -218,7 +228,7 @@ async fn kill_9_at_random_moments_loses_and_duplicates_nothing_cross_cluster() {
     let (code, log) = run.stop().await;
     assert_eq!(code, Some(0), "log:\n{log}");
     let distinct: std::collections::BTreeSet<_> = positions.iter().flatten().collect();
-    assert!(distinct.len() >= 3, "the runs made progress between kills: {positions:?}");
+    assert!(distinct.len() >= 8, "the runs made progress between kills: {positions:?}");
     assert!(transactions > 100, "workload ran {transactions} transactions");
     eprintln!("{transactions} source transactions, applied positions after kills: {positions:?}");
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio_postgres::Client;
 
 use crate::support::cli::Walshift;
-use crate::support::pg::{PgCluster, TestDb};
+use crate::support::pg::{PgCluster, TestDb, WalshiftObjects};
 use crate::support::shadow::{assert_converges, diff, rows};
 use crate::support::wait::POLL_INTERVAL;
 
@@ -16,30 +16,6 @@ const WAIT: Duration = Duration::from_secs(60);
 
 // ---------------------------------------------------------------------------
 // helpers
-
-/// What walshift objects exist for this test database.
-#[derive(Debug, PartialEq, Eq)]
-struct Objects {
-    slot: bool,
-    publication: bool,
-    state_schema: bool,
-}
-
-const NOTHING: Objects = Objects { slot: false, publication: false, state_schema: false };
-
-async fn objects(db: &TestDb<'_>) -> Objects {
-    let client = db.client().await;
-    let row = client
-        .query_one(
-            "select exists (select 1 from pg_replication_slots where slot_name = $1), \
-                    exists (select 1 from pg_publication where pubname = $2), \
-                    exists (select 1 from pg_namespace where nspname = 'walshift')",
-            &[&db.slot_name(), &db.publication_name()],
-        )
-        .await
-        .unwrap();
-    Objects { slot: row.get(0), publication: row.get(1), state_schema: row.get(2) }
-}
 
 /// Runs `args`, expects exit code 2 and every one of `expected` in stderr.
 async fn expect_exit_2(ws: &Walshift, args: &[&str], expected: &[&str]) -> String {
@@ -157,7 +133,11 @@ async fn bad_mappings_exit_2_and_create_nothing() {
         let ws = Walshift::with_tables(&db, None, tables, "");
         let stderr = expect_exit_2(&ws, &["setup"], expected).await;
         assert!(stderr.contains("nothing was created"), "{what}: {stderr}");
-        assert_eq!(objects(&db).await, NOTHING, "{what}: setup created something; {stderr}");
+        assert_eq!(
+            db.walshift_objects().await,
+            WalshiftObjects::NOTHING,
+            "{what}: setup created something; {stderr}"
+        );
     }
 }
 

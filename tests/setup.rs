@@ -2,32 +2,7 @@
 //! code 2, and nothing created.
 
 use crate::support::cli::{Walshift, run_bin};
-use crate::support::pg::{ClusterOptions, PgCluster, TestDb, WalLevel};
-
-/// What walshift objects exist for this test database.
-#[derive(Debug, PartialEq, Eq)]
-struct Objects {
-    slot: bool,
-    publication: bool,
-    state_schema: bool,
-}
-
-async fn objects(db: &TestDb<'_>) -> Objects {
-    let client = db.client().await;
-    let row = client
-        .query_one(
-            "select exists (select 1 from pg_replication_slots where slot_name = $1), \
-                    exists (select 1 from pg_publication where pubname = $2), \
-                    exists (select 1 from pg_namespace where nspname = 'walshift')",
-            &[&db.slot_name(), &db.publication_name()],
-        )
-        .await
-        .unwrap();
-    Objects { slot: row.get(0), publication: row.get(1), state_schema: row.get(2) }
-}
-
-const NOTHING: Objects = Objects { slot: false, publication: false, state_schema: false };
-const EVERYTHING: Objects = Objects { slot: true, publication: true, state_schema: true };
+use crate::support::pg::{ClusterOptions, PgCluster, TestDb, WalLevel, WalshiftObjects};
 
 /// Runs `args`, expects exit 2 and `expected` in stderr.
 async fn expect_bad_input(ws: &Walshift, args: &[&str], expected: &str) -> String {
@@ -46,7 +21,7 @@ async fn setup_is_idempotent_and_teardown_needs_yes() {
     let ws = Walshift::for_db(&db, &[("public.t", "shadow.t")], "").await;
     let first = ws.run_ok(&["setup"]).await;
     assert!(first.contains("replication slot") && first.contains("created"), "{first}");
-    assert_eq!(objects(&db).await, EVERYTHING);
+    assert_eq!(db.walshift_objects().await, WalshiftObjects::EVERYTHING);
     let second = ws.run_ok(&["setup"]).await;
     assert!(!second.contains("created"), "second setup creates nothing: {second}");
 
@@ -57,11 +32,11 @@ async fn setup_is_idempotent_and_teardown_needs_yes() {
         listing.contains(&db.slot_name()) && listing.contains("retains"),
         "{listing}\n{stderr}"
     );
-    assert_eq!(objects(&db).await, EVERYTHING);
+    assert_eq!(db.walshift_objects().await, WalshiftObjects::EVERYTHING);
 
     let dropped = ws.run_ok(&["teardown", "--yes"]).await;
     assert!(dropped.contains("dropped replication slot"), "{dropped}");
-    assert_eq!(objects(&db).await, NOTHING);
+    assert_eq!(db.walshift_objects().await, WalshiftObjects::NOTHING);
     let client = db.client().await;
     let kept: String = client.query_one("select v from t where id = 1", &[]).await.unwrap().get(0);
     assert_eq!(kept, "keep me", "the user's tables are never touched");
@@ -91,7 +66,7 @@ async fn bad_config_files_exit_2() {
     );
     let stderr = expect_bad_input(&bad_url, &["setup"], "source.url").await;
     assert!(!stderr.contains("hunter2"), "the password leaked: {stderr}");
-    assert_eq!(objects(&db).await, NOTHING);
+    assert_eq!(db.walshift_objects().await, WalshiftObjects::NOTHING);
 }
 
 #[tokio::test]
@@ -112,7 +87,7 @@ async fn table_problems_create_nothing() {
         let stderr = expect_bad_input(&ws, &["setup"], expected).await;
         assert!(stderr.contains("tables[0].source"), "{stderr}");
         assert!(stderr.contains("nothing was created"), "{stderr}");
-        assert_eq!(objects(&db).await, NOTHING, "after {table}");
+        assert_eq!(db.walshift_objects().await, WalshiftObjects::NOTHING, "after {table}");
     }
 
     // An existing publication that misses a table: reported, nothing created.
@@ -121,7 +96,7 @@ async fn table_problems_create_nothing() {
     db.execute(&format!("create publication {} for table other", db.publication_name())).await;
     let ws = Walshift::for_db(&db, &[("public.ok", "shadow.ok")], "").await;
     expect_bad_input(&ws, &["setup"], "does not publish public.ok").await;
-    let after = objects(&db).await;
+    let after = db.walshift_objects().await;
     assert!(!after.slot && !after.state_schema, "{after:?}");
 }
 
@@ -148,7 +123,7 @@ async fn role_without_replication_creates_nothing() {
     );
     expect_bad_input(&ws, &["setup"], &format!("role {role} may not open replication connections"))
         .await;
-    assert_eq!(objects(&db).await, NOTHING);
+    assert_eq!(db.walshift_objects().await, WalshiftObjects::NOTHING);
     db.execute(&format!("drop owned by {role}; drop table if exists t; drop role {role};")).await;
 }
 
@@ -162,5 +137,5 @@ async fn wal_level_replica_is_refused() {
     db.execute("create table t (id int primary key)").await;
     let ws = Walshift::for_db(&db, &[("public.t", "shadow.t")], "").await;
     expect_bad_input(&ws, &["setup"], "wal_level is 'replica'").await;
-    assert_eq!(objects(&db).await, NOTHING);
+    assert_eq!(db.walshift_objects().await, WalshiftObjects::NOTHING);
 }

@@ -70,6 +70,34 @@ impl TableOps {
         &self.ops
     }
 
+    /// Keys of the pending deletes.
+    pub fn deletes(&self) -> Vec<&[Datum]> {
+        self.pick(|op| match op {
+            Op::Delete(key) => Some(key),
+            _ => None,
+        })
+    }
+
+    /// Rows of the pending plain inserts.
+    pub fn inserts(&self) -> Vec<&[Datum]> {
+        self.pick(|op| match op {
+            Op::Insert(row) => Some(row),
+            _ => None,
+        })
+    }
+
+    /// Rows of the pending upserts.
+    pub fn upserts(&self) -> Vec<&[Datum]> {
+        self.pick(|op| match op {
+            Op::Upsert(row) => Some(row),
+            _ => None,
+        })
+    }
+
+    fn pick<'a>(&'a self, f: impl Fn(&'a Op) -> Option<&'a Row>) -> Vec<&'a [Datum]> {
+        self.ops.iter().filter_map(f).map(Vec::as_slice).collect()
+    }
+
     fn get(&self, key: &Row) -> Option<&Op> {
         self.slots.get(key).map(|&i| &self.ops[i])
     }
@@ -108,7 +136,8 @@ pub struct PendingOps {
     bytes: usize,
 }
 
-fn key_of(plan: &TablePlan, row: &[Datum]) -> Row {
+/// The key values (key input order) of a row in plan input order.
+pub fn key_of(plan: &TablePlan, row: &[Datum]) -> Row {
     plan.key_inputs.iter().map(|&k| row.get(k).cloned().unwrap_or(Datum::Null)).collect()
 }
 

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement};
 
-use crate::apply::batch::{Op, PendingOps};
+use crate::apply::batch::{Op, PendingOps, key_of};
 use crate::apply::params::ColumnParam;
 use crate::apply::statements;
 use crate::change::{Datum, TableIdx};
@@ -159,15 +159,7 @@ impl Writer {
         }
         let plan = Arc::clone(&self.plan);
         for t in plan.delete_order() {
-            let keys: Vec<&[Datum]> = pending
-                .table(t)
-                .ops()
-                .iter()
-                .filter_map(|op| match op {
-                    Op::Delete(k) => Some(k.as_slice()),
-                    _ => None,
-                })
-                .collect();
+            let keys = pending.table(t).deletes();
             if let Some(first) = keys.first() {
                 let width = plan.tables[t].key_inputs.len();
                 self.execute(StatementKey::Delete(t), "delete from", t, &[&keys], &[width], first)
@@ -175,39 +167,13 @@ impl Writer {
             }
         }
         for &t in &plan.upsert_order {
-            let rows: Vec<&[Datum]> = pending
-                .table(t)
-                .ops()
-                .iter()
-                .filter_map(|op| match op {
-                    Op::Insert(r) => Some(r.as_slice()),
-                    _ => None,
-                })
-                .collect();
+            let rows = pending.table(t).inserts();
             if !rows.is_empty() {
                 self.write_inserts(t, &rows).await?;
             }
-            let rows: Vec<&[Datum]> = pending
-                .table(t)
-                .ops()
-                .iter()
-                .filter_map(|op| match op {
-                    Op::Upsert(r) => Some(r.as_slice()),
-                    _ => None,
-                })
-                .collect();
-            if let Some(first) = rows.first() {
-                let tp = &plan.tables[t];
-                let key: Vec<Datum> = tp.key_inputs.iter().map(|&k| first[k].clone()).collect();
-                self.execute(
-                    StatementKey::Upsert(t),
-                    "upsert into",
-                    t,
-                    &[&rows],
-                    &[tp.inputs.len()],
-                    &key,
-                )
-                .await?;
+            let rows = pending.table(t).upserts();
+            if !rows.is_empty() {
+                self.write_upserts(t, &rows).await?;
             }
         }
         for &t in &plan.upsert_order {
@@ -226,6 +192,15 @@ impl Writer {
         Ok(())
     }
 
+    async fn write_upserts(&mut self, t: TableIdx, rows: &[&[Datum]]) -> Result<(), WriteError> {
+        let plan = Arc::clone(&self.plan);
+        let tp = &plan.tables[t];
+        let key = key_of(tp, rows[0]);
+        self.execute(StatementKey::Upsert(t), "upsert into", t, &[rows], &[tp.inputs.len()], &key)
+            .await
+            .map(|_| ())
+    }
+
     /// Plain multi-row INSERT of rows new to the target, inside a savepoint:
     /// if the target already has one of the keys (a row the operator loaded,
     /// or one a backfill chunk copied), the insert is rolled back to the
@@ -233,7 +208,7 @@ impl Writer {
     async fn write_inserts(&mut self, t: TableIdx, rows: &[&[Datum]]) -> Result<(), WriteError> {
         let plan = Arc::clone(&self.plan);
         let tp = &plan.tables[t];
-        let key: Vec<Datum> = tp.key_inputs.iter().map(|&k| rows[0][k].clone()).collect();
+        let key = key_of(tp, rows[0]);
         let statement = match self.statement(StatementKey::Insert(t)).await {
             Ok(s) => s,
             Err(source) => {
@@ -353,10 +328,7 @@ impl Writer {
             return Ok(());
         }
         let refs: Vec<&[Datum]> = fetched.iter().map(Vec::as_slice).collect();
-        let key: Vec<Datum> = tp.key_inputs.iter().map(|&k| refs[0][k].clone()).collect();
-        self.execute(StatementKey::Upsert(t), "upsert into", t, &[&refs], &[tp.inputs.len()], &key)
-            .await?;
-        Ok(())
+        self.write_upserts(t, &refs).await
     }
 
     async fn fetch_from_source(

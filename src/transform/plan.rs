@@ -498,8 +498,7 @@ async fn compile_table(
 
     // Target columns the mapping leaves to their default must have one.
     for col in &tgt.columns {
-        let mapped = outputs.iter().any(|(o, _, _, _)| o.as_str() == col.name)
-            || mapping.iter().any(|(m, _, _)| *m == col.name);
+        let mapped = mapping.iter().any(|(m, _, _)| *m == col.name);
         if col.not_null && !col.has_default && !mapped {
             failed(
                 format!("tables[{index}].columns"),

@@ -495,6 +495,27 @@ pub struct TestDb<'c> {
     client: Client,
 }
 
+/// Which walshift objects exist for a test database
+/// ([`TestDb::walshift_objects`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WalshiftObjects {
+    /// The test's replication slot.
+    pub slot: bool,
+    /// The test's publication.
+    pub publication: bool,
+    /// The `walshift` state schema.
+    pub state_schema: bool,
+}
+
+impl WalshiftObjects {
+    /// None of them.
+    pub const NOTHING: WalshiftObjects =
+        WalshiftObjects { slot: false, publication: false, state_schema: false };
+    /// All of them.
+    pub const EVERYTHING: WalshiftObjects =
+        WalshiftObjects { slot: true, publication: true, state_schema: true };
+}
+
 impl<'c> TestDb<'c> {
     /// Creates `walshift_test_<unique>` on `cluster`.
     pub async fn new(cluster: &'c PgCluster) -> TestDb<'c> {
@@ -546,6 +567,22 @@ impl<'c> TestDb<'c> {
             .batch_execute(sql)
             .await
             .unwrap_or_else(|err| panic!("in {}: {sql}\nfailed: {err}", self.name));
+    }
+
+    /// Which of this test's walshift objects exist: its slot, its
+    /// publication, and the `walshift` state schema.
+    pub async fn walshift_objects(&self) -> WalshiftObjects {
+        let row = self
+            .client
+            .query_one(
+                "select exists (select 1 from pg_replication_slots where slot_name = $1), \
+                        exists (select 1 from pg_publication where pubname = $2), \
+                        exists (select 1 from pg_namespace where nspname = 'walshift')",
+                &[&self.slot_name(), &self.publication_name()],
+            )
+            .await
+            .unwrap_or_else(|err| panic!("in {}: listing walshift objects: {err}", self.name));
+        WalshiftObjects { slot: row.get(0), publication: row.get(1), state_schema: row.get(2) }
     }
 
     /// Creates each missing target table like its source table (`LIKE ...

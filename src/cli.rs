@@ -36,8 +36,16 @@ pub enum Command {
     /// Without --yes, only lists what would be dropped.
     Teardown(TeardownArgs),
     /// Stream changes from the slot into the shadow tables until stopped
-    /// (SIGINT/SIGTERM). Resumes from the position stored in the target.
+    /// (SIGINT/SIGTERM), backfilling every table not yet copied. Resumes
+    /// from the positions stored in the target.
     Run,
+    /// Copy the rows that existed before the slot (while streaming, as
+    /// `run` does) in the foreground, with a progress bar on a terminal;
+    /// exits once the tables are copied.
+    Backfill(BackfillArgs),
+    /// Show where the migration stands: applied position, slot, backfill
+    /// progress per table.
+    Status(StatusArgs),
     /// Print decoded changes from the slot as JSON lines.
     Tail(TailArgs),
     /// Run the pipeline on a throwaway local PostgreSQL cluster with a write
@@ -51,6 +59,28 @@ pub struct DemoArgs {
     /// How long the write workload runs, in seconds.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub duration_secs: u64,
+}
+
+/// Arguments of `backfill`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BackfillArgs {
+    /// Only this table (source or target name; repeatable). Default: every
+    /// mapped table not yet copied.
+    #[arg(long = "table", value_name = "TABLE")]
+    pub tables: Vec<String>,
+
+    /// Copy the --table again from its first key, overwriting the rows the
+    /// target has. `walshift run` must be stopped.
+    #[arg(long, requires = "tables")]
+    pub restart: bool,
+}
+
+/// Arguments of `status`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StatusArgs {
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Arguments of `teardown`.
@@ -92,6 +122,24 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn restart_needs_a_table() {
+        assert!(Cli::try_parse_from(["walshift", "backfill", "--restart"]).is_err());
+        let cli = Cli::try_parse_from([
+            "walshift",
+            "backfill",
+            "--table",
+            "public.a",
+            "--table",
+            "b",
+            "--restart",
+        ])
+        .unwrap();
+        let Command::Backfill(args) = cli.command else { panic!("expected backfill") };
+        assert_eq!(args.tables, ["public.a", "b"]);
+        assert!(args.restart);
     }
 
     #[test]

@@ -15,18 +15,24 @@
 //!                                                   │  Vec<change::StreamItem>, bounded
 //!                                                   ▼
 //!                           apply (coalesce, multi-row statements, checkpoint) ──▶ target
+//!                             ▲  between its transactions: backfill chunks  │
+//!                             │  (keyset reads at a snapshot ⊇ applied)     │
+//!                           backfill ◀── source                             │
 //!                                                   │  durable LSN ──▶ flush LSN to the slot
-//!                           commands::tail (JSON lines)   [backfill, verify, cutover: later]
+//!                           commands::tail (JSON lines)   [verify, cutover: later]
 //! ```
 //!
 //! Layout: `pg` holds ordinary SQL connections and catalog queries;
 //! `replication` the replication-protocol client, the pgoutput decoder and
 //! the reader task; `change` the types passed from reader to applier;
 //! `transform` the compiled mapping; `apply` the applier and its statements;
+//! `backfill` the keyset copy the applier runs between its transactions;
 //! `commands` one module per CLI command; `config` the validated
-//! configuration every command starts from. See `docs/apply.md`.
+//! configuration every command starts from. See `docs/apply.md` and
+//! `docs/backfill.md`.
 
 pub mod apply;
+pub mod backfill;
 pub mod change;
 pub mod cli;
 pub mod commands;

@@ -30,11 +30,17 @@ fn load_config(cli: &Cli) -> Result<ValidatedConfig, Error> {
     Ok(Config::load(&cli.config)?.validate()?)
 }
 
+/// Serves Prometheus metrics on `[metrics] listen`.
+fn serve_metrics(cfg: &ValidatedConfig) -> Result<(), Error> {
+    walshift::telemetry::metrics::install(cfg.metrics.listen)
+        .map_err(|e| Error::Precondition(format!("{e}; set [metrics] listen to a free address")))
+}
+
 fn try_main(cli: Cli) -> Result<error::ExitCode, Error> {
     let runtime = match cli.command {
         // The reader decodes while the applier waits on the target: two
         // workers let both use a core.
-        Command::Run | Command::Demo(_) => {
+        Command::Run | Command::Backfill(_) | Command::Demo(_) => {
             tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()
         }
         _ => tokio::runtime::Builder::new_current_thread().enable_all().build(),
@@ -67,6 +73,7 @@ fn try_main(cli: Cli) -> Result<error::ExitCode, Error> {
                 Ok(error::ExitCode::Success)
             }
             Command::Run => {
+                serve_metrics(&cfg)?;
                 let summary = commands::run::run(&cfg, shutdown::on_signals()).await?;
                 tracing::info!(
                     transactions = summary.applied.transactions,
@@ -76,6 +83,56 @@ fn try_main(cli: Cli) -> Result<error::ExitCode, Error> {
                     strict_replays = summary.strict_replays,
                     "run stopped"
                 );
+                Ok(error::ExitCode::Success)
+            }
+            Command::Backfill(args) => {
+                serve_metrics(&cfg)?;
+                let shutdown = shutdown::on_signals();
+                let (summary, tables) =
+                    commands::backfill::run(&cfg, args.tables.clone(), args.restart, shutdown)
+                        .await?;
+                for t in &tables {
+                    match t.elapsed {
+                        Some(e) if t.complete => {
+                            let secs = e.as_secs_f64();
+                            println!(
+                                "backfilled {} from {}: {} rows in {secs:.1} s ({:.0} rows/s)",
+                                t.target,
+                                t.source,
+                                t.rows,
+                                t.rows as f64 / secs.max(1e-3)
+                            );
+                        }
+                        _ if t.complete => {
+                            println!("backfilled {} from {}: {} rows", t.target, t.source, t.rows)
+                        }
+                        _ => println!(
+                            "not complete: {} from {}: {} rows so far",
+                            t.target, t.source, t.rows
+                        ),
+                    }
+                }
+                tracing::info!(
+                    transactions = summary.applied.transactions,
+                    changes = summary.applied.changes,
+                    "streamed while backfilling"
+                );
+                if summary.backfilled {
+                    Ok(error::ExitCode::Success)
+                } else {
+                    Ok(error::ExitCode::Interrupted)
+                }
+            }
+            Command::Status(args) => {
+                let status = commands::status::read(&cfg).await?;
+                let mut stdout = std::io::stdout();
+                if args.json {
+                    let text = serde_json::to_string(&status)
+                        .map_err(|e| Error::Precondition(format!("cannot render status: {e}")))?;
+                    println!("{text}");
+                } else {
+                    commands::status::render(&status, &mut stdout).map_err(Error::Output)?;
+                }
                 Ok(error::ExitCode::Success)
             }
             Command::Teardown(args) => {

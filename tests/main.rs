@@ -6,6 +6,7 @@
 mod apply;
 mod apply_crash;
 mod apply_edge;
+mod backfill;
 mod connect;
 mod demo;
 mod harness;

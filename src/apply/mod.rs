@@ -48,13 +48,14 @@ pub mod writer;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{mpsc, watch};
 use tokio_postgres::types::PgLsn;
 
 use crate::apply::batch::{PendingOps, Pushed};
 use crate::apply::writer::{WriteError, Writer};
+use crate::backfill::{Backfill, BackfillError, Chunk, ChunkWrite, Gate};
 use crate::change::StreamItem;
 use crate::lsn::Lsn;
 use crate::pg::client::{self, SqlErrorKind};
@@ -71,6 +72,10 @@ const FINAL_FLUSH_WAIT: Duration = Duration::from_secs(5);
 
 /// Interval of the `applied` progress log line.
 const PROGRESS_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Longest run of back-to-back backfill chunks before the applier looks at
+/// its timers (durability polling) again.
+const BACKFILL_ROUND_MAX: Duration = Duration::from_secs(2);
 
 /// Pending bytes that force a flush whatever the row count, so a batch of
 /// huge rows (large TOAST values) stays bounded in memory.
@@ -147,6 +152,9 @@ pub enum ApplyError {
     /// The reader broke the item protocol (a bug, not a server problem).
     #[error("apply protocol violation: {0}")]
     Protocol(&'static str),
+    /// The backfill failed.
+    #[error(transparent)]
+    Backfill(#[from] BackfillError),
 }
 
 /// What the supervisor should do after an [`ApplyError`].
@@ -187,7 +195,10 @@ impl ApplyError {
                 SqlErrorKind::Transient => ApplyErrorClass::Transient,
                 _ => ApplyErrorClass::Fatal,
             },
-            ApplyError::MissingToast { .. } | ApplyError::Protocol(_) => ApplyErrorClass::Fatal,
+            ApplyError::Backfill(e) if e.is_transient() => ApplyErrorClass::Transient,
+            ApplyError::MissingToast { .. } | ApplyError::Protocol(_) | ApplyError::Backfill(_) => {
+                ApplyErrorClass::Fatal
+            }
         }
     }
 }
@@ -241,6 +252,8 @@ struct Batch {
     end_lsn: Option<Lsn>,
     /// Highest source commit position seen in it (for strict replay).
     through: Lsn,
+    /// Source commit time of the last complete transaction in it.
+    commit_time: Option<SystemTime>,
 }
 
 /// The source transaction being received.
@@ -262,6 +275,9 @@ pub struct Applier {
     durable_tx: watch::Sender<Lsn>,
     stats: ApplyStats,
     last_log: Instant,
+    backfill: Option<Backfill>,
+    /// Source commit time of the last applied transaction.
+    last_commit_time: Option<SystemTime>,
 }
 
 impl std::fmt::Debug for Applier {
@@ -298,6 +314,8 @@ impl Applier {
             durable_tx,
             stats: ApplyStats::default(),
             last_log: Instant::now(),
+            backfill: None,
+            last_commit_time: None,
         };
         // The checkpoint may itself be an unflushed asynchronous commit of a
         // previous run: it only counts as durable once the WAL is flushed.
@@ -305,6 +323,12 @@ impl Applier {
         applier.durability.committed(flushable_position(insert), checkpoint);
         applier.release(flush);
         Ok(applier)
+    }
+
+    /// Runs `backfill` between this applier's transactions.
+    pub fn with_backfill(mut self, backfill: Backfill) -> Self {
+        self.backfill = Some(backfill);
+        self
     }
 
     async fn wal_positions(&self) -> Result<(u64, u64), ApplyError> {
@@ -335,7 +359,11 @@ impl Applier {
         mut rx: mpsc::Receiver<Vec<StreamItem>>,
         mut shutdown: Shutdown,
     ) -> Result<ApplyStats, ApplyError> {
+        let mut backfill_wake = None;
         loop {
+            if self.txn.is_none() && self.batch.is_none() {
+                backfill_wake = self.backfill_step(&rx, &shutdown).await?;
+            }
             let deadline = match (&self.batch, self.txn) {
                 (Some(b), None) => Some(b.started + self.options.batch_max_wait),
                 _ => None,
@@ -353,6 +381,7 @@ impl Applier {
                     self.release(flush);
                     continue;
                 }
+                () = sleep_until_opt(backfill_wake), if self.batch.is_none() => continue,
                 () = shutdown.wait() => None,
             };
             let Some(chunk) = chunk else { break };
@@ -409,7 +438,10 @@ impl Applier {
 
     async fn apply_item(&mut self, item: StreamItem) -> Result<(), ApplyError> {
         match item {
-            StreamItem::Begin { final_lsn, .. } => {
+            StreamItem::Begin { final_lsn, xid } => {
+                if let Some(backfill) = &mut self.backfill {
+                    backfill.note_applied(xid);
+                }
                 if self.txn.is_some() {
                     return Err(ApplyError::Protocol("begin inside a transaction"));
                 }
@@ -425,6 +457,7 @@ impl Applier {
                         transactions: 0,
                         end_lsn: None,
                         through: final_lsn,
+                        commit_time: None,
                     });
                 }
                 if let Some(b) = &mut self.batch {
@@ -474,7 +507,7 @@ impl Applier {
                     }
                 }
             }
-            StreamItem::Commit { end_lsn, .. } => {
+            StreamItem::Commit { end_lsn, commit_time } => {
                 let Some(txn) = self.txn.take() else {
                     return Err(ApplyError::Protocol("commit outside a transaction"));
                 };
@@ -482,6 +515,7 @@ impl Applier {
                     return Err(ApplyError::Protocol("commit without a target transaction"));
                 };
                 b.end_lsn = Some(end_lsn);
+                b.commit_time = Some(commit_time);
                 b.transactions += 1;
                 // A strict replay commits each source transaction on its own,
                 // so a failure leaves every transaction before it applied.
@@ -510,7 +544,8 @@ impl Applier {
         let Some(end_lsn) = batch.end_lsn else {
             return Err(ApplyError::Protocol("commit of a batch without a complete transaction"));
         };
-        let (transactions, changes) = (batch.transactions, batch.changes);
+        let (transactions, changes, commit_time) =
+            (batch.transactions, batch.changes, batch.commit_time);
         self.flush().await?;
         let client = self.writer.client();
         let lsn = PgLsn::from(end_lsn.0);
@@ -537,6 +572,7 @@ impl Applier {
         let flush: PgLsn =
             row.try_get(1).map_err(ApplyError::sql("reading the target's WAL position"))?;
         self.batch = None;
+        self.last_commit_time = commit_time.or(self.last_commit_time);
         self.stats.commits += 1;
         self.stats.transactions += transactions;
         self.stats.changes += changes as u64;
@@ -556,6 +592,177 @@ impl Applier {
         }
         Ok(())
     }
+}
+
+impl Applier {
+    /// Between two target transactions: copies backfill chunks if the gate
+    /// allows; returns when to look again (the rate cap), if it must wait.
+    async fn backfill_step(
+        &mut self,
+        rx: &mpsc::Receiver<Vec<StreamItem>>,
+        shutdown: &Shutdown,
+    ) -> Result<Option<Instant>, ApplyError> {
+        let Some(backfill) = &mut self.backfill else { return Ok(None) };
+        if shutdown.is_triggered() {
+            return Ok(None);
+        }
+        // Lag as the stream sees it: nothing waiting means caught up with
+        // everything received; otherwise the next transaction committed
+        // after the last one applied, so its age is at most this.
+        let lag = if rx.is_empty() {
+            Duration::ZERO
+        } else {
+            match self.last_commit_time {
+                Some(t) => SystemTime::now().duration_since(t).unwrap_or_default(),
+                // Nothing applied yet in this session: apply first.
+                None => return Ok(None),
+            }
+        };
+        let now = Instant::now();
+        match backfill.gate(lag, now) {
+            Gate::Idle => Ok(None),
+            Gate::WaitUntil(at) => Ok(Some(at)),
+            Gate::Paused(reason) => {
+                if let Some((write, reason)) = backfill.set_paused(Some(&reason)) {
+                    self.store_pause(&write, reason).await?;
+                }
+                Ok(None)
+            }
+            Gate::Go => {
+                if let Some((write, reason)) = backfill.set_paused(None) {
+                    self.store_pause(&write, reason).await?;
+                }
+                self.copy_round(rx, shutdown).await?;
+                Ok(Some(Instant::now()))
+            }
+        }
+    }
+
+    async fn store_pause(
+        &self,
+        write: &ChunkWrite,
+        reason: Option<String>,
+    ) -> Result<(), ApplyError> {
+        self.writer
+            .client()
+            .execute(
+                crate::backfill::progress::PAUSE,
+                &[&write.migration, &write.source_table, &write.target_table, &reason],
+            )
+            .await
+            .map_err(ApplyError::sql("recording a backfill pause"))?;
+        Ok(())
+    }
+
+    /// Copies chunks back to back while the stream has nothing waiting
+    /// (reading the next chunk while writing one), at most
+    /// [`BACKFILL_ROUND_MAX`]; one chunk otherwise.
+    async fn copy_round(
+        &mut self,
+        rx: &mpsc::Receiver<Vec<StreamItem>>,
+        shutdown: &Shutdown,
+    ) -> Result<(), ApplyError> {
+        let Applier { writer, backfill, .. } = self;
+        let Some(backfill) = backfill else { return Ok(()) };
+        let started = Instant::now();
+        let mut next = backfill.read_next().await?;
+        while let Some(chunk) = next.take() {
+            let write = backfill.chunk_write(&chunk);
+            let now = Instant::now();
+            let ahead = rx.is_empty()
+                && !shutdown.is_triggered()
+                && now.duration_since(started) < BACKFILL_ROUND_MAX
+                && backfill.may_read_ahead(&chunk, now);
+            let (written, read) = if ahead {
+                let (w, r) =
+                    tokio::join!(write_chunk(writer, &write, &chunk), backfill.read_next());
+                (w, Some(r))
+            } else {
+                (write_chunk(writer, &write, &chunk).await, None)
+            };
+            match written {
+                Ok(()) => backfill.committed(&chunk, chunk.read_started.elapsed()),
+                Err(ChunkError::ForeignKey(source)) => {
+                    if let Some(Ok(Some(ahead))) = &read {
+                        backfill.forget(ahead);
+                    }
+                    backfill.retry_later(&chunk, source)?;
+                    return Ok(());
+                }
+                Err(ChunkError::Other(source)) => {
+                    return Err(BackfillError::Write {
+                        table: write.target_table,
+                        after: write.after,
+                        source,
+                    }
+                    .into());
+                }
+            }
+            if let Some(read) = read {
+                next = read?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why a chunk was not written.
+enum ChunkError {
+    /// A foreign key found a parent row missing: the chunk's snapshot is
+    /// newer than the applied position, and the stream brings the parent.
+    ForeignKey(tokio_postgres::Error),
+    /// Anything else.
+    Other(tokio_postgres::Error),
+}
+
+/// Writes one backfill chunk and its checkpoint in one target transaction.
+/// New keys are inserted; a key the target already has is overwritten with
+/// the chunk's version, which is at least as new (see `docs/backfill.md`).
+async fn write_chunk(
+    writer: &mut Writer,
+    write: &ChunkWrite,
+    chunk: &Chunk,
+) -> Result<(), ChunkError> {
+    let classify = |e: tokio_postgres::Error| {
+        if e.as_db_error().is_some_and(|db| db.code().code() == "23503") {
+            ChunkError::ForeignKey(e)
+        } else {
+            ChunkError::Other(e)
+        }
+    };
+    writer.client().batch_execute("begin; set constraints all deferred").await.map_err(classify)?;
+    let rows: Vec<&[crate::change::Datum]> = chunk.rows.iter().map(Vec::as_slice).collect();
+    if !rows.is_empty() {
+        let written = if write.overwrite {
+            writer.write_upserts(chunk.table, &rows).await
+        } else {
+            writer.write_inserts(chunk.table, &rows).await
+        };
+        if let Err(e) = written {
+            let _ = writer.client().batch_execute("rollback").await;
+            return Err(classify(e.source));
+        }
+    }
+    let rows_in_chunk = rows.len() as i64;
+    let client = writer.client();
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] = [
+        &write.migration,
+        &write.source_table,
+        &write.target_table,
+        &chunk.last_key,
+        &rows_in_chunk,
+        &chunk.started_at,
+        &chunk.complete,
+    ];
+    let (saved, committed) = tokio::join!(
+        client.execute(crate::backfill::progress::SAVE, &params),
+        client.batch_execute("commit"),
+    );
+    // A failed save aborts the transaction, and its COMMIT rolls back.
+    if let Err(e) = saved {
+        return Err(ChunkError::Other(e));
+    }
+    committed.map_err(classify)
 }
 
 /// WAL page size and the sizes of the page headers (`XLOG_BLCKSZ`,

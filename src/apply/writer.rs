@@ -192,7 +192,12 @@ impl Writer {
         Ok(())
     }
 
-    async fn write_upserts(&mut self, t: TableIdx, rows: &[&[Datum]]) -> Result<(), WriteError> {
+    /// Multi-row upsert of full rows into table `t`.
+    pub async fn write_upserts(
+        &mut self,
+        t: TableIdx,
+        rows: &[&[Datum]],
+    ) -> Result<(), WriteError> {
         let plan = Arc::clone(&self.plan);
         let tp = &plan.tables[t];
         let key = key_of(tp, rows[0]);
@@ -205,7 +210,11 @@ impl Writer {
     /// if the target already has one of the keys (a row the operator loaded,
     /// or one a backfill chunk copied), the insert is rolled back to the
     /// savepoint and the rows are written as upserts instead.
-    async fn write_inserts(&mut self, t: TableIdx, rows: &[&[Datum]]) -> Result<(), WriteError> {
+    pub async fn write_inserts(
+        &mut self,
+        t: TableIdx,
+        rows: &[&[Datum]],
+    ) -> Result<(), WriteError> {
         let plan = Arc::clone(&self.plan);
         let tp = &plan.tables[t];
         let key = key_of(tp, rows[0]);

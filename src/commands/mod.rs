@@ -1,7 +1,9 @@
 //! One module per CLI command. Each takes a validated config and returns
 //! `Result<_, crate::error::Error>`; `main.rs` maps errors to exit codes.
 
+pub mod backfill;
 pub mod run;
 pub mod setup;
+pub mod status;
 pub mod tail;
 pub mod teardown;

@@ -23,13 +23,16 @@ use tokio::sync::{mpsc, watch};
 use tokio_postgres::types::PgLsn;
 
 use crate::apply::{self, Applier, ApplierOptions, ApplyError, ApplyErrorClass, ApplyStats};
+use crate::backfill::{Backfill, BackfillBoard, BackfillOptions, progress};
+use crate::change::TableIdx;
 use crate::config::ValidatedConfig;
-use crate::error::{self, Error};
+use crate::error::{self, CheckFailure, CheckFailures, Error};
 use crate::lsn::Lsn;
-use crate::pg::catalog;
 use crate::pg::client::{self, SessionLimits};
+use crate::pg::{catalog, migrate};
 use crate::replication::reader::{self, Reader, ReaderError};
 use crate::replication::stream::{LogicalStream, StreamOptions};
+use crate::runtime::shutdown;
 use crate::runtime::shutdown::Shutdown;
 use crate::runtime::tasks::spawn_named;
 use crate::transform::Plan;
@@ -40,6 +43,22 @@ const INITIAL_BACKOFF: Duration = Duration::from_millis(250);
 /// A session that lasted this long resets the backoff.
 const HEALTHY_SESSION: Duration = Duration::from_secs(30);
 
+/// What a run backfills and when it stops.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Backfill only these tables (source or target names, as configured);
+    /// every incomplete table when empty.
+    pub tables: Vec<String>,
+    /// Copy `tables` again from the start, overwriting the target's rows
+    /// (`walshift backfill --table T --restart`).
+    pub restart: bool,
+    /// Stop once the backfill of the tables in scope is complete
+    /// (`walshift backfill`) instead of streaming until stopped.
+    pub until_backfilled: bool,
+    /// Live backfill progress, for whoever shows it.
+    pub board: Arc<BackfillBoard>,
+}
+
 /// Totals of a `run` that was stopped.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RunSummary {
@@ -49,6 +68,8 @@ pub struct RunSummary {
     pub reconnects: u64,
     /// Strict replays after a batch failed.
     pub strict_replays: u64,
+    /// Whether every table in scope was completely backfilled.
+    pub backfilled: bool,
 }
 
 /// How a session ended badly.
@@ -127,12 +148,94 @@ pub async fn prepare(cfg: &ValidatedConfig) -> Result<Plan, Error> {
             cfg.migration_name
         )));
     }
+    // A state schema created by an older walshift gets the newer tables.
+    let mut target = target;
+    migrate::migrate(&mut target).await.map_err(Error::sql("upgrading the state schema"))?;
     Ok(plan)
 }
 
-/// Runs until `shutdown`, or a fatal error.
+/// Resolves `--table` names (source or target, `schema.table` or a bare
+/// table name when unambiguous) to plan tables.
+pub fn resolve_tables(plan: &Plan, names: &[String]) -> Result<Vec<TableIdx>, Error> {
+    let mut out = Vec::new();
+    let mut failures = Vec::new();
+    for name in names {
+        let matches: Vec<TableIdx> = plan
+            .tables
+            .iter()
+            .filter(|t| {
+                [&t.source, &t.target]
+                    .iter()
+                    .any(|q| q.readable() == *name || (!name.contains('.') && q.raw_name() == name))
+            })
+            .map(|t| t.index)
+            .collect();
+        match matches.as_slice() {
+            [t] => out.push(*t),
+            [] => failures.push(CheckFailure {
+                subject: format!("--table {name}"),
+                problem: format!(
+                    "no mapped table has this source or target name; mapped: {}",
+                    plan.tables
+                        .iter()
+                        .map(|t| format!("{} -> {}", t.source.readable(), t.target.readable()))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            }),
+            _ => failures.push(CheckFailure {
+                subject: format!("--table {name}"),
+                problem: "matches several mapped tables; use schema.table".into(),
+            }),
+        }
+    }
+    if failures.is_empty() { Ok(out) } else { Err(Error::Checks(CheckFailures(failures))) }
+}
+
+/// Runs until `shutdown`, or a fatal error, backfilling every incomplete
+/// table.
 pub async fn run(cfg: &ValidatedConfig, shutdown: Shutdown) -> Result<RunSummary, Error> {
+    run_with(cfg, shutdown, RunOptions::default()).await
+}
+
+/// Runs with `options` until `shutdown`, a fatal error, or (with
+/// `until_backfilled`) the end of the backfill.
+pub async fn run_with(
+    cfg: &ValidatedConfig,
+    outer: Shutdown,
+    options: RunOptions,
+) -> Result<RunSummary, Error> {
     let plan = Arc::new(prepare(cfg).await?);
+    let only = if options.tables.is_empty() {
+        None
+    } else {
+        Some(resolve_tables(&plan, &options.tables)?)
+    };
+    if options.restart {
+        restart_tables(cfg, &plan, only.as_deref().unwrap_or(&[])).await?;
+    }
+    let backfill = BackfillOptions {
+        migration: cfg.migration_name.clone(),
+        chunk_rows_min: cfg.backfill.chunk_rows_min,
+        chunk_rows_max: cfg.backfill.chunk_rows_max,
+        target_chunk: cfg.backfill.target_chunk,
+        max_lag: cfg.backfill.max_lag,
+        max_rows_per_second: cfg.backfill.max_rows_per_second,
+        only,
+    };
+    // Sessions stop on the outer shutdown or, for `walshift backfill`, once
+    // the board says every table in scope is complete.
+    let (stop, shutdown) = shutdown::channel();
+    let mut done = options.board.subscribe_done();
+    let until_backfilled = options.until_backfilled;
+    let mut outer_wait = outer.clone();
+    let _watcher = spawn_named("run-stop", async move {
+        tokio::select! {
+            () = outer_wait.wait() => {}
+            _ = done.wait_for(|d| *d), if until_backfilled => {}
+        }
+        stop.trigger();
+    });
     tracing::info!(
         migration = %cfg.migration_name,
         tables = plan.tables.len(),
@@ -144,7 +247,17 @@ pub async fn run(cfg: &ValidatedConfig, shutdown: Shutdown) -> Result<RunSummary
     let mut backoff = INITIAL_BACKOFF;
     loop {
         let started = Instant::now();
-        match session(cfg, Arc::clone(&plan), strict_through, shutdown.clone()).await {
+        let session = session(
+            cfg,
+            Arc::clone(&plan),
+            &backfill,
+            &options.board,
+            strict_through,
+            shutdown.clone(),
+        )
+        .await;
+        summary.backfilled = *options.board.subscribe_done().borrow();
+        match session {
             Ok(stats) if shutdown.is_triggered() => {
                 add(&mut summary.applied, stats);
                 return Ok(summary);
@@ -214,9 +327,52 @@ pub async fn load_checkpoint(
     }
 }
 
+/// Starts `tables` over: their progress is reset and chunks overwrite.
+async fn restart_tables(
+    cfg: &ValidatedConfig,
+    plan: &Plan,
+    tables: &[TableIdx],
+) -> Result<(), Error> {
+    if tables.is_empty() {
+        return Err(Error::Checks(CheckFailures(vec![CheckFailure {
+            subject: "--restart".into(),
+            problem: "needs --table: name the table to copy again".into(),
+        }])));
+    }
+    let source = client::connect(&cfg.source.url, "backfill", SessionLimits::ADMIN).await?;
+    let target = client::connect(&cfg.target.url, "backfill", SessionLimits::ADMIN).await?;
+    let slot = catalog::slot_info(&source, &cfg.source.slot)
+        .await
+        .map_err(Error::sql("looking up the replication slot"))?;
+    if let Some(pid) = slot.and_then(|s| s.active_pid) {
+        return Err(Error::Precondition(format!(
+            "replication slot {} is in use (walsender pid {pid}): stop the running `walshift run` \
+             first; nothing was changed",
+            cfg.source.slot
+        )));
+    }
+    for &t in tables {
+        let tp = &plan.tables[t];
+        let estimate = crate::backfill::estimate_rows(&source, &tp.source.to_string())
+            .await
+            .map_err(Error::sql("estimating the source's rows"))?;
+        target
+            .execute(
+                progress::RESTART,
+                &[&cfg.migration_name, &tp.source.readable(), &tp.target.readable(), &estimate],
+            )
+            .await
+            .map_err(Error::sql("resetting the backfill progress"))?;
+        tracing::info!(table = %tp.target.readable(), "backfill restarts from the first key");
+    }
+    Ok(())
+}
+
 async fn session(
     cfg: &ValidatedConfig,
     plan: Arc<Plan>,
+    backfill: &BackfillOptions,
+    board: &Arc<BackfillBoard>,
     strict_through: Lsn,
     shutdown: Shutdown,
 ) -> Result<ApplyStats, (ApplyStats, SessionError)> {
@@ -238,10 +394,18 @@ async fn session(
     let source_sql = client::connect(&cfg.source.url, "fetch", SessionLimits::APPLY)
         .await
         .map_err(|e| fail(e.into()))?;
+    let copier = client::connect(&cfg.source.url, "backfill", SessionLimits::APPLY)
+        .await
+        .map_err(|e| fail(e.into()))?;
+    let backfill =
+        Backfill::start(copier, &target, Arc::clone(&plan), backfill.clone(), Arc::clone(board))
+            .await
+            .map_err(|e| (none, SessionError::Apply(e.into())))?;
     let applier =
         Applier::new(target, source_sql, Arc::clone(&plan), options, checkpoint, durable_tx)
             .await
-            .map_err(|e| (none, SessionError::Apply(e)))?;
+            .map_err(|e| (none, SessionError::Apply(e)))?
+            .with_backfill(backfill);
     let stream_options = StreamOptions {
         slot: cfg.source.slot.clone(),
         publication: cfg.source.publication.clone(),

@@ -11,7 +11,10 @@ use tokio_postgres::Client;
 pub const STATE_SCHEMA: &str = "walshift";
 
 /// The migrations, in order: (version, name, SQL).
-const MIGRATIONS: &[(i32, &str, &str)] = &[(1, "state", include_str!("../../sql/0001_state.sql"))];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "state", include_str!("../../sql/0001_state.sql")),
+    (2, "backfill", include_str!("../../sql/0002_backfill.sql")),
+];
 
 /// Advisory lock key serializing migrations ("walshift" in ASCII, truncated).
 const MIGRATION_LOCK_KEY: i64 = 0x7761_6C73_6869_6674;

@@ -2,6 +2,8 @@
 //! output (`tail` prints JSON lines there). `[log] format = "json"` gives one
 //! JSON object per line for log shippers.
 
+pub mod metrics;
+
 use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;

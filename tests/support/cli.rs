@@ -68,10 +68,16 @@ impl Walshift {
     }
 
     /// A config file with exactly `toml`.
+    /// Unless it has a `[metrics]` section, metrics are served on a port the
+    /// OS picks, so tests running in parallel do not compete for one.
     pub fn with_config(toml: &str) -> Walshift {
         let dir = std::env::temp_dir().join(format!("walshift-cli-{}", unique_suffix()));
         std::fs::create_dir_all(&dir).expect("create temp dir");
         let config = dir.join("walshift.toml");
+        let mut toml = toml.to_owned();
+        if !toml.contains("[metrics]") {
+            toml.push_str("\n[metrics]\nlisten = \"127.0.0.1:0\"\n");
+        }
         std::fs::write(&config, toml).expect("write config");
         Walshift { dir, config }
     }

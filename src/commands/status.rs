@@ -1,0 +1,291 @@
+//! `walshift status`: where a migration stands, read from the target's state
+//! schema and the source's slot, so it works whether or not `run` is running.
+
+use std::io::Write;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio_postgres::types::PgLsn;
+
+use crate::commands::backfill::group;
+use crate::config::ValidatedConfig;
+use crate::error::Error;
+use crate::pg::client::{self, SessionLimits};
+use crate::pg::{catalog, migrate};
+
+/// One table's backfill, as `status` reports it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct BackfillStatus {
+    /// Source table.
+    pub source: String,
+    /// Target table.
+    pub target: String,
+    /// `pending`, `copying`, `paused` or `complete`.
+    pub state: String,
+    /// Why it is paused, while it is.
+    pub paused_reason: Option<String>,
+    /// Times it paused for lag.
+    pub pauses: u64,
+    /// Rows copied.
+    pub rows_copied: u64,
+    /// Estimated rows of the source table.
+    pub rows_estimated: u64,
+    /// Percent copied.
+    pub percent: f64,
+    /// Average copy rate since the start.
+    pub rows_per_second: Option<f64>,
+    /// Estimated seconds to completion at that rate.
+    pub eta_seconds: Option<u64>,
+    /// Chunks committed.
+    pub chunks: u64,
+    /// Key of the last row copied.
+    pub last_key: Option<Vec<String>>,
+}
+
+/// What `status` reports.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Status {
+    /// Migration name.
+    pub migration: String,
+    /// Applied position on the target, if anything was applied.
+    pub applied_lsn: Option<String>,
+    /// Seconds since the applied position was last stored.
+    pub applied_age_seconds: Option<f64>,
+    /// Replication slot name.
+    pub slot: String,
+    /// Whether a walsender is using the slot (a `run` is streaming).
+    pub slot_active: bool,
+    /// WAL the slot retains on the source, in bytes.
+    pub slot_retained_bytes: Option<i64>,
+    /// Backfill per table, in copy order.
+    pub backfill: Vec<BackfillStatus>,
+}
+
+/// Reads the status.
+pub async fn read(cfg: &ValidatedConfig) -> Result<Status, Error> {
+    let target = client::connect(&cfg.target.url, "status", SessionLimits::ADMIN).await?;
+    let source = client::connect(&cfg.source.url, "status", SessionLimits::ADMIN).await?;
+    if !migrate::state_schema_exists(&target)
+        .await
+        .map_err(Error::sql("looking up the state schema"))?
+    {
+        return Err(Error::Precondition(format!(
+            "the target has no walshift schema: run `walshift setup` first (migration {})",
+            cfg.migration_name
+        )));
+    }
+    let applied = target
+        .query_opt(
+            "select applied_lsn, extract(epoch from now() - updated_at)::float8 \
+             from walshift.progress where migration = $1",
+            &[&cfg.migration_name],
+        )
+        .await
+        .map_err(Error::sql("reading the applied position"))?;
+    let (applied_lsn, applied_age_seconds) = match applied {
+        Some(row) => {
+            let lsn: PgLsn = row.try_get(0).map_err(Error::sql("reading the applied position"))?;
+            let age: f64 = row.try_get(1).map_err(Error::sql("reading the applied position"))?;
+            (Some(lsn.to_string()), Some(age))
+        }
+        None => (None, None),
+    };
+    let slot = catalog::slot_info(&source, &cfg.source.slot)
+        .await
+        .map_err(Error::sql("looking up the replication slot"))?;
+    let retained: Option<i64> = source
+        .query_opt(
+            "select (pg_current_wal_lsn() - restart_lsn)::bigint from pg_replication_slots \
+             where slot_name = $1",
+            &[&cfg.source.slot],
+        )
+        .await
+        .map_err(Error::sql("reading the slot's retained WAL"))?
+        .and_then(|r| r.try_get(0).ok());
+    let has_backfill = target
+        .query_one("select to_regclass('walshift.backfill') is not null", &[])
+        .await
+        .and_then(|r| r.try_get::<_, bool>(0))
+        .map_err(Error::sql("looking up the backfill progress"))?;
+    let mut backfill = Vec::new();
+    if has_backfill {
+        let rows = target
+            .query(
+                "select source_table, target_table, last_key, rows_copied, chunks, rows_estimated, \
+                 completed_at is not null, started_at is not null, paused_reason, pauses, \
+                 extract(epoch from updated_at - started_at)::float8 \
+                 from walshift.backfill where migration = $1 order by started_at nulls last, target_table",
+                &[&cfg.migration_name],
+            )
+            .await
+            .map_err(Error::sql("reading the backfill progress"))?;
+        for row in rows {
+            let get = |e| Error::sql("reading the backfill progress")(e);
+            let count = |i: usize| -> Result<u64, Error> {
+                Ok(u64::try_from(row.try_get::<_, i64>(i).map_err(get)?).unwrap_or(0))
+            };
+            let rows_copied = count(3)?;
+            let rows_estimated = count(5)?.max(rows_copied);
+            let complete: bool = row.try_get(6).map_err(get)?;
+            let started: bool = row.try_get(7).map_err(get)?;
+            let paused_reason: Option<String> = row.try_get(8).map_err(get)?;
+            let elapsed: Option<f64> = row.try_get(10).map_err(get)?;
+            let state = if complete {
+                "complete"
+            } else if paused_reason.is_some() {
+                "paused"
+            } else if started {
+                "copying"
+            } else {
+                "pending"
+            };
+            let rate = elapsed.filter(|e| *e > 0.0).map(|e| rows_copied as f64 / e);
+            let percent = if complete {
+                100.0
+            } else if rows_estimated == 0 {
+                0.0
+            } else {
+                (rows_copied as f64 * 100.0 / rows_estimated as f64).min(99.9)
+            };
+            let eta_seconds = match rate {
+                _ if complete => Some(0),
+                Some(r) if r > 0.0 => {
+                    Some((rows_estimated.saturating_sub(rows_copied) as f64 / r).round() as u64)
+                }
+                _ => None,
+            };
+            backfill.push(BackfillStatus {
+                source: row.try_get(0).map_err(get)?,
+                target: row.try_get(1).map_err(get)?,
+                state: state.into(),
+                paused_reason,
+                pauses: count(9)?,
+                rows_copied,
+                rows_estimated,
+                percent,
+                rows_per_second: rate,
+                eta_seconds,
+                chunks: count(4)?,
+                last_key: row.try_get(2).map_err(get)?,
+            });
+        }
+    }
+    Ok(Status {
+        migration: cfg.migration_name.clone(),
+        applied_lsn,
+        applied_age_seconds,
+        slot: cfg.source.slot.clone(),
+        slot_active: slot.as_ref().is_some_and(|s| s.active_pid.is_some()),
+        slot_retained_bytes: retained,
+        backfill,
+    })
+}
+
+/// Writes `status` for humans.
+pub fn render(status: &Status, out: &mut impl Write) -> std::io::Result<()> {
+    writeln!(out, "migration {}", status.migration)?;
+    match (&status.applied_lsn, status.applied_age_seconds) {
+        (Some(lsn), Some(age)) => {
+            writeln!(out, "  applied position {lsn} (stored {age:.1} s ago)")?;
+        }
+        _ => writeln!(out, "  applied position: nothing applied yet")?,
+    }
+    let retained = status
+        .slot_retained_bytes
+        .map_or_else(String::new, |b| format!(", retains {} bytes of WAL", group(b.max(0) as u64)));
+    writeln!(
+        out,
+        "  slot {}: {}{retained}",
+        status.slot,
+        if status.slot_active { "streaming" } else { "not in use" }
+    )?;
+    if status.backfill.is_empty() {
+        writeln!(out, "backfill: not started")?;
+        return Ok(());
+    }
+    writeln!(out, "backfill")?;
+    for b in &status.backfill {
+        let mut line = format!(
+            "  {} <- {}: {} {}/{} rows ({:.1}%)",
+            b.target,
+            b.source,
+            b.state,
+            group(b.rows_copied),
+            group(b.rows_estimated),
+            b.percent
+        );
+        if b.state != "complete" {
+            if let Some(rate) = b.rows_per_second {
+                line.push_str(&format!(", {} rows/s", group(rate.round() as u64)));
+            }
+            if let Some(eta) = b.eta_seconds {
+                line.push_str(&format!(", ETA {}", human(Duration::from_secs(eta))));
+            }
+        }
+        if let Some(reason) = &b.paused_reason {
+            line.push_str(&format!(", paused: {reason}"));
+        }
+        if b.pauses > 0 {
+            line.push_str(&format!(", {} pause(s)", b.pauses));
+        }
+        writeln!(out, "{line}")?;
+    }
+    Ok(())
+}
+
+/// `1h02m`, `3m05s`, `42s`.
+fn human(d: Duration) -> String {
+    let s = d.as_secs();
+    if s >= 3600 {
+        format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
+    } else if s >= 60 {
+        format!("{}m{:02}s", s / 60, s % 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_for_humans() {
+        let status = Status {
+            migration: "m".into(),
+            applied_lsn: Some("0/16B3748".into()),
+            applied_age_seconds: Some(1.25),
+            slot: "walshift_m".into(),
+            slot_active: true,
+            slot_retained_bytes: Some(123_456),
+            backfill: vec![BackfillStatus {
+                source: "public.t".into(),
+                target: "shadow.t".into(),
+                state: "paused".into(),
+                paused_reason: Some(
+                    "replication lag 3.0 s is over backfill.max_lag_seconds (1 s)".into(),
+                ),
+                pauses: 2,
+                rows_copied: 500,
+                rows_estimated: 1000,
+                percent: 50.0,
+                rows_per_second: Some(100.0),
+                eta_seconds: Some(5),
+                chunks: 3,
+                last_key: Some(vec!["500".into()]),
+            }],
+        };
+        let mut out = Vec::new();
+        render(&status, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("applied position 0/16B3748 (stored 1.2 s ago)"), "{text}");
+        assert!(
+            text.contains("slot walshift_m: streaming, retains 123,456 bytes of WAL"),
+            "{text}"
+        );
+        assert!(text.contains("shadow.t <- public.t: paused 500/1,000 rows (50.0%), 100 rows/s, ETA 5s, paused: replication lag 3.0 s"), "{text}");
+        assert!(text.contains("2 pause(s)"), "{text}");
+        assert_eq!(human(Duration::from_secs(3725)), "1h02m");
+        assert_eq!(human(Duration::from_secs(185)), "3m05s");
+    }
+}

@@ -12,7 +12,11 @@
 #   walshift  `walshift backfill` cross-cluster (source A, target B), identity
 #             mapping into shadow.usage_events, once per PARALLELISMS value;
 #             rows/s over the copy phase (walshift.backfill.completed_at -
-#             started_at); the command's wall time is printed too
+#             started_at); also printed: started_at until the completion was
+#             visible on the target (polled every 20 ms, like native's
+#             states; completed_at is the now() of the last chunk's
+#             transaction, so it leaves out that chunk's write) and the
+#             command's wall time (start-up and exit included)
 #   same      the same, target shadow.usage_events in the source database
 #   native    CREATE SUBSCRIPTION (copy_data) on B: the table's initial sync,
 #             timed from pg_subscription_rel.srsubstate 'd' (data copy) to
@@ -27,9 +31,13 @@
 #             offset K, one transaction per batch, until done (quadratic)
 #   lag       `walshift run` backfills the table cross-cluster
 #             (max_lag_seconds = LAG_MAX) while pgbench writes ~LAG_RATE
-#             changes/s (60% insert, 30% update, 10% delete) on the source;
-#             lag sampled every 150 ms; at completion the load stops,
-#             walshift catches up and the target must equal the source
+#             changes/s (60% insert, 30% update, 10% delete; started once
+#             the backfill has committed its first chunk) on the source;
+#             lag sampled every 150 ms (see lib/backfill_watch.py: the newest
+#             load row on the target, and the applied position and the slot
+#             as lib/slot_watch.py measures them); at completion the load
+#             stops, walshift catches up (slot at the source's end LSN) and
+#             the target must equal the source (PASS/FAIL)
 #
 # Every target has the same shape: primary key on id plus indexes on
 # (org_id, occurred_at) and (event_type), created before the copy (the
@@ -37,7 +45,9 @@
 # copy). Before each method the target table is created afresh and both
 # clusters run CHECKPOINT; after it the target is compared with the source
 # (count(*) and the sum of a 64-bit hash of every row): a copy that differs
-# fails the run and its figure is marked INVALID. Source and target are two
+# fails the run and its figure is marked INVALID. Exit status: 0, 1 if a
+# copy differed (or a step failed), 3 if a requested walshift phase could
+# not run (a build without the backfill subcommand). Source and target are two
 # clusters with the lib's identical settings (start_cluster defaults).
 #
 # Environment: PARALLELISMS (walshift's backfill.parallelism values, default
@@ -340,11 +350,17 @@ if want pgcopydb; then
         SKIPPED+=("pgcopydb (not installable)")
     else
         drop_target "$TGT_PORT" public
+        # Its schema restore would fail on a schema the target already has
+        # (the other phases' shadow schema, empty between phases).
+        for port in "$SRC_PORT" "$TGT_PORT"; do
+            psql_at "$port" -d postgres -c "set client_min_messages = warning" -c "drop schema if exists shadow cascade"
+        done
         printf '[include-only-table]\npublic.usage_events\n' >"$BENCH_TMP/pgcopydb.filters"
         checkpoint_all
         t0="$(now_s)"
         rc=0
-        pgcopydb clone --source "$SRC_URL" --target "$TGT_URL" --dir "$BENCH_TMP/pgcopydb" \
+        # setsid: on a failure pgcopydb terminates its whole process group.
+        setsid --wait pgcopydb clone --source "$SRC_URL" --target "$TGT_URL" --dir "$BENCH_TMP/pgcopydb" \
             --filters "$BENCH_TMP/pgcopydb.filters" --table-jobs 1 --index-jobs "$(nproc)" \
             --no-owner --no-acl --skip-extensions >"$BENCH_TMP/pgcopydb.log" 2>&1 || rc=$?
         wall="$(calc "$(now_s) - $t0")"
@@ -453,7 +469,7 @@ SQL
     python3 "$LIB/backfill_watch.py" lag --src "$SRC_PORT" --target "$TGT_PORT" --slot bench_ws \
         --applied-sql "$WS_APPLIED_SQL" --progress-sql "$PROGRESS_SQL" --load-ts-sql "$LOAD_TS_SQL" \
         --pid "$WS_PID" --out "$BENCH_TMP/pgbench_lag.txt" -- \
-        pgbench -n -h 127.0.0.1 -p "$SRC_PORT" -U postgres -c "$CLIENTS" -j 2 -R "$LAG_RATE" -T 86400 \
+        pgbench -n -h 127.0.0.1 -p "$SRC_PORT" -U postgres -c "$CLIENTS" -j "$(( CLIENTS < 2 ? CLIENTS : 2 ))" -R "$LAG_RATE" -T 86400 \
         -f "$BENCH_TMP/load.sql" postgres | tee "$LAG_OUT"
     LAG_RESULT="$(awk '$1 == "RESULT"' "$LAG_OUT")"
     read -r _ load_start load_end _ _ _ _ _ _ _ _ _ _ _ bf_start bf_end pauses paused_samples <<<"$LAG_RESULT"
@@ -462,8 +478,9 @@ SQL
     LAG_LOAD_RATE="$(calc "$LAG_CHANGES / ($load_end - $load_start)" | awk '{printf "%.0f", $1}')"
     read -r copied copy_s _ < <(psql_at "$TGT_PORT" -d postgres -Atc "$BACKFILL_ROW_SQL" -F ' ')
     printf '  source load: %s row changes in %.1f s (%s changes/s)\n' "$LAG_CHANGES" "$(calc "$load_end - $load_start")" "$LAG_LOAD_RATE"
-    printf '  backfill under load: %s rows in %.2f s (%s rows/s); pauses: %s; samples taken while paused: %s\n' \
-        "$copied" "$copy_s" "$(calc "$copied / $copy_s" | awk '{printf "%.0f", $1}')" "$pauses" "$paused_samples"
+    LAG_BF="$(printf '%s rows in %.2f s (%s rows/s), %s pauses for lag' "$copied" "$copy_s" \
+        "$(calc "$copied / $copy_s" | awk '{printf "%.0f", $1}')" "$pauses")"
+    echo "  backfill under load: $LAG_BF; lag samples taken while paused: $paused_samples"
     # Catch up: the slot must confirm everything the source wrote.
     flush_wal "$SRC_PORT"
     END="$(psql_at "$SRC_PORT" -d postgres -Atc 'select pg_current_wal_insert_lsn()')"
@@ -499,7 +516,7 @@ has() { [ -n "$(field "$1" 1)" ]; }
 echo
 echo "=== summary: $ROWS rows of usage_events ($SRC_SIZE on the source), target pre-indexed (pk + 2) ==="
 echo "(clusters fsync=off, synchronous_commit=off; $(nproc) cores; rows/s = rows / seconds)"
-printf '%-16s %10s %10s %12s   %s\n' method rows seconds rows/s "what is timed"
+[ -s "$RESULTS" ] && printf '%-16s %10s %10s %12s   %s\n' method rows seconds rows/s "what is timed"
 ws_times() { printf 'until visible %.2f s, command wall %.2f s' "$(field "$1" 3)" "$(field "$1" 2)"; }
 describe() {
     case "$1" in
@@ -548,7 +565,12 @@ if [ -n "$LAG_RESULT" ]; then
     printf '  applied position:              %.2f / %.2f / %.2f   p99 < max_lag_seconds (%s): %s\n' \
         "$ap50" "$ap99" "$amax" "$LAG_MAX" "$(awk "BEGIN { exit !($ap99 < $LAG_MAX) }" && echo yes || echo NO)"
     printf '  slot confirmed_flush_lsn:      %.2f / %.2f / %.2f\n' "$sp50" "$sp99" "$smax"
+    echo "  backfill under load: $LAG_BF"
     echo "  target equals source after the load: $LAG_PASS"
+fi
+if [ -n "$BIN" ]; then
+    echo "walshift log: $(grep -cE ' (WARN|ERROR) ' "$WS_LOG" || true) WARN/ERROR lines"
+    grep -E ' (WARN|ERROR) ' "$WS_LOG" | head -n 5 || true
 fi
 for s in ${SKIPPED[@]+"${SKIPPED[@]}"}; do echo "SKIPPED: $s"; done
 if (( CONTENT_OK )); then

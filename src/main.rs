@@ -104,7 +104,7 @@ fn try_main(cli: Cli) -> Result<error::ExitCode, Error> {
                             );
                         }
                         _ if t.complete => {
-                            println!("backfilled {} from {}: {} rows", t.target, t.source, t.rows)
+                            println!("backfilled {} from {}: {} rows", t.target, t.source, t.rows);
                         }
                         _ => println!(
                             "not complete: {} from {}: {} rows so far",

@@ -11,7 +11,7 @@ select 1 + g % 100,
        g * 37 % 100000,
        now() - (g % 86400) * interval '1 second',
        jsonb_build_object('region', 'eu-' || (g % 5), 'sku', 'sku-' || (g % 37))
-from generate_series(1, 10000) g;
+from generate_series(1, 200000) g;
 
 insert into public.invoices (org_id, period_start, total_cents, currency, status, issued_at)
 select 1 + g % 100, date '2026-01-01' + (g / 100) * interval '1 month', g * 1234 % 10000000,

@@ -1,18 +1,22 @@
 //! `walshift demo`: the whole pipeline on a throwaway cluster, no set-up.
 //!
 //! 1. start a local PostgreSQL cluster (temp dir, free port, `wal_level=logical`);
-//! 2. create the seed billing tables (`sql/demo/seed_billing.sql`) and the
-//!    example shadow schema (`sql/billing_new.sql`);
+//! 2. create the seed billing tables (`sql/demo/seed_billing.sql`) with
+//!    their sample data (`sql/demo/seed_billing_data.sql`: these rows exist
+//!    before the slot, so only the backfill can bring them) and the example
+//!    shadow schema (`sql/billing_new.sql`);
 //! 3. `setup`: the mapping is compiled against `billing_new`; publication,
 //!    slot, state schema;
-//! 4. `run` (in-process): stream and apply into `billing_new`;
-//! 5. load the sample data and run a write workload (inserts, updates,
-//!    deletes over the three tables) with a progress line (lag in bytes);
-//! 6. stop the workload, wait until every shadow table equals
-//!    `transform(source)` row for row (compared by query), stop `run`;
-//! 7. remove the cluster — also on Ctrl-C.
+//! 4. `run` (in-process): backfill and stream into `billing_new`, while a
+//!    write workload (inserts, updates, deletes across the key range) runs,
+//!    with a live progress line (backfill percent and rate, lag);
+//! 5. once the backfill is complete and the workload has run its time, stop
+//!    the workload, wait until every shadow table equals
+//!    `transform(source)` row for row (compared by query), stop `run`,
+//!    print a summary;
+//! 6. remove the cluster — also on Ctrl-C.
 //!
-//! Backfill (rows that exist before the slot) and cutover extend this demo.
+//! The cutover controller extends this demo.
 
 pub mod cluster;
 
@@ -54,13 +58,16 @@ issued_at = "issued_at"
 status = "status"
 "#;
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
 
+use crate::backfill::BackfillBoard;
+use crate::commands::backfill::group;
+use crate::commands::run::RunOptions;
 use crate::commands::{run, setup};
 use crate::config::Config;
 use crate::error::{Error, ExitCode};
@@ -104,10 +111,16 @@ async fn run_on(
     db.batch_execute(include_str!("../../sql/demo/seed_billing.sql"))
         .await
         .map_err(Error::sql("creating the seed billing schema"))?;
+    db.batch_execute(include_str!("../../sql/demo/seed_billing_data.sql"))
+        .await
+        .map_err(Error::sql("loading the sample data"))?;
     db.batch_execute(include_str!("../../sql/billing_new.sql"))
         .await
         .map_err(Error::sql("creating the example shadow schema"))?;
-    eprintln!("  created the seed billing tables (public.*) and the shadow schema (billing_new.*)");
+    eprintln!(
+        "  created the seed billing tables (public.*) with sample data (100 organizations, \
+         200,000 usage events, 300 invoices) and the empty shadow schema (billing_new.*)"
+    );
     setup::run(&cfg).await?;
     eprintln!(
         "  setup: mapping checked against billing_new, publication, slot and state schema created"
@@ -115,18 +128,18 @@ async fn run_on(
 
     let (stop_apply_tx, stop_apply) = shutdown::channel();
     let run_cfg = cfg.clone();
+    let board = Arc::new(BackfillBoard::default());
+    let run_options = RunOptions { board: Arc::clone(&board), ..RunOptions::default() };
     let mut apply_task =
-        spawn_named("demo-run", async move { run::run(&run_cfg, stop_apply).await });
-    eprintln!("  walshift run: streaming from the slot into billing_new");
-
-    // Sample data goes through the stream like any other write (backfill of
-    // rows that existed before the slot is the next stage).
-    db.batch_execute(include_str!("../../sql/demo/seed_billing_data.sql"))
-        .await
-        .map_err(Error::sql("loading the sample data"))?;
-    eprintln!("  loaded sample data: 100 organizations, 10000 usage events, 300 invoices");
-
-    eprintln!("  running a write workload for {:?}:", options.duration);
+        spawn_named(
+            "demo-run",
+            async move { run::run_with(&run_cfg, stop_apply, run_options).await },
+        );
+    eprintln!("  walshift run: backfilling the existing rows and streaming new changes");
+    eprintln!(
+        "  running a write workload for at least {:?} (until the backfill is complete):",
+        options.duration
+    );
     let writer = client::connect(&cfg.source.url, "demo-workload", SessionLimits::ADMIN).await?;
     let written = Arc::new(AtomicU64::new(0));
     let stop_workload = Arc::new(AtomicBool::new(false));
@@ -135,15 +148,17 @@ async fn run_on(
         workload(writer, Arc::clone(&written), Arc::clone(&stop_workload)),
     );
     let deadline = tokio::time::Instant::now() + options.duration;
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
     let mut interrupted = false;
     let mut apply_ended = false;
+    let mut backfilled = board.subscribe_done();
     loop {
         tokio::select! {
-            _ = tokio::time::sleep_until(deadline) => break,
+            _ = tokio::time::sleep_until(deadline), if *backfilled.borrow() => break,
+            _ = backfilled.changed(), if !*backfilled.borrow() => {}
             _ = interrupt.wait() => { interrupted = true; break }
             _ = &mut apply_task => { apply_ended = true; break }
-            _ = tick.tick() => progress(&db, &cfg.source.slot, &written).await,
+            _ = tick.tick() => progress(&db, &cfg.source.slot, &written, &board).await,
         }
     }
     stop_workload.store(true, Ordering::Relaxed);
@@ -166,8 +181,9 @@ async fn run_on(
                 _ = interrupt.wait() => { interrupted = true; break }
             }
         }
-        progress(&db, &cfg.source.slot, &written).await;
+        progress(&db, &cfg.source.slot, &written, &board).await;
     }
+    let lag = slot_lag(&db, &cfg.source.slot).await;
     stop_apply_tx.trigger();
     let summary = if apply_ended {
         return Err(Error::Precondition("walshift run stopped during the demo".into()));
@@ -180,10 +196,23 @@ async fn run_on(
     };
     eprintln!();
     eprintln!("summary:");
-    eprintln!("  row changes written by the workload: {}", written.load(Ordering::Relaxed));
+    let tables = board.tables();
+    let copied: u64 = tables.iter().map(|t| t.rows_copied).sum();
     eprintln!(
-        "  applied by walshift: {} row changes in {} source transactions, {} target commits",
-        summary.applied.changes, summary.applied.transactions, summary.applied.commits
+        "  rows copied by the backfill: {} ({} tables complete)",
+        group(copied),
+        tables.iter().filter(|t| t.complete).count()
+    );
+    eprintln!("  row changes written by the workload: {}", group(written.load(Ordering::Relaxed)));
+    eprintln!(
+        "  rows streamed by walshift: {} row changes in {} source transactions, {} target commits",
+        group(summary.applied.changes),
+        group(summary.applied.transactions),
+        group(summary.applied.commits)
+    );
+    eprintln!(
+        "  replication lag at the end: {}",
+        lag.map_or_else(|| "unknown".to_owned(), |l| format!("{} bytes", group(l.max(0) as u64)))
     );
     eprintln!("  elapsed: {:.1} s", started.elapsed().as_secs_f64());
     if interrupted {
@@ -244,22 +273,48 @@ async fn differences(db: &Client) -> Result<Vec<(&'static str, i64, i64)>, Error
     Ok(out)
 }
 
-async fn progress(db: &Client, slot: &str, written: &AtomicU64) {
-    let lag: Option<i64> = db
-        .query_opt(
-            "select pg_wal_lsn_diff(pg_current_wal_insert_lsn(), confirmed_flush_lsn)::bigint \
-             from pg_replication_slots where slot_name = $1",
-            &[&slot],
-        )
-        .await
-        .ok()
-        .flatten()
-        .and_then(|r| r.try_get(0).ok());
-    eprint!(
-        "\r  written {:>7} row changes | replication lag {:>8} kB",
-        written.load(Ordering::Relaxed),
+/// Bytes of WAL between the source's insert position and what the slot
+/// confirmed.
+async fn slot_lag(db: &Client, slot: &str) -> Option<i64> {
+    db.query_opt(
+        "select pg_wal_lsn_diff(pg_current_wal_insert_lsn(), confirmed_flush_lsn)::bigint \
+         from pg_replication_slots where slot_name = $1",
+        &[&slot],
+    )
+    .await
+    .ok()
+    .flatten()
+    .and_then(|r| r.try_get(0).ok())
+}
+
+async fn progress(db: &Client, slot: &str, written: &AtomicU64, board: &BackfillBoard) {
+    let lag = slot_lag(db, slot).await;
+    let tables = board.tables();
+    let backfill = match tables.iter().find(|t| !t.complete) {
+        Some(t) => format!(
+            "backfill {} {:.0}% {}/{} rows {} rows/s",
+            t.target,
+            t.percent(),
+            group(t.rows_copied),
+            group(t.rows_estimated),
+            group(t.rows_per_second.round() as u64)
+        ),
+        None if tables.is_empty() => "backfill starting".to_owned(),
+        None => format!(
+            "backfill complete ({} rows)",
+            group(tables.iter().map(|t| t.rows_copied).sum())
+        ),
+    };
+    let line = format!(
+        "  {backfill} | workload {} changes | lag {} kB",
+        group(written.load(Ordering::Relaxed)),
         lag.map_or_else(|| "?".to_owned(), |l| (l / 1024).to_string())
     );
+    if std::io::stderr().is_terminal() {
+        eprint!("\r\x1b[2K{line}");
+    } else {
+        eprintln!("{line}");
+    }
     let _ = std::io::stderr().flush();
 }
 
@@ -278,6 +333,9 @@ async fn workload(
     let update_event = client
         .prepare("update usage_events set amount_cents = amount_cents + 1 where id = (select max(id) - $1 from usage_events)")
         .await?;
+    let touch_event = client
+        .prepare("update usage_events set amount_cents = amount_cents + 1 where id = $1")
+        .await?;
     let delete_event = client
         .prepare("delete from usage_events where id = (select min(id) from usage_events)")
         .await?;
@@ -291,6 +349,8 @@ async fn workload(
         if i % 3 == 0 {
             changed += client.execute(&update_event, &[&(i % 50)]).await?;
         }
+        // Rows anywhere in the key range, copied already or not yet.
+        changed += client.execute(&touch_event, &[&(1 + i * 7919 % 200_000)]).await?;
         if i % 10 == 0 {
             changed += client.execute(&delete_event, &[]).await?;
         }

@@ -146,7 +146,7 @@ select 1 + g * 7919 % 1000,
             else jsonb_build_object('region', 'eu-' || (g % 5), 'sku', 'sku-' || (g % 37),
                                     'units', g % 1000, 'tags', jsonb_build_array('t' || (g % 7), 't' || (g % 11)))
        end
-from generate_series(1, $ROWS) g;
+from generate_series(1::bigint, $ROWS) g;
 $(index_ddl public)
 -- Hint bits and the visibility map set once, so no method pays for them.
 vacuum (freeze, analyze) public.usage_events;

@@ -673,6 +673,7 @@ impl Applier {
                 && !shutdown.is_triggered()
                 && now.duration_since(started) < BACKFILL_ROUND_MAX
                 && backfill.may_read_ahead(&chunk, now);
+            let write_started = Instant::now();
             let (written, read) = if ahead {
                 let (w, r) =
                     tokio::join!(write_chunk(writer, &write, &chunk), backfill.read_next());
@@ -680,6 +681,13 @@ impl Applier {
             } else {
                 (write_chunk(writer, &write, &chunk).await, None)
             };
+            tracing::debug!(
+                rows = chunk.rows.len(),
+                read_ms = chunk.read_time.as_millis() as u64,
+                write_ms = write_started.elapsed().as_millis() as u64,
+                ahead,
+                "backfill chunk"
+            );
             match written {
                 Ok(()) => backfill.committed(&chunk, chunk.read_started.elapsed()),
                 Err(ChunkError::ForeignKey(source)) => {
@@ -733,12 +741,7 @@ async fn write_chunk(
     writer.client().batch_execute("begin; set constraints all deferred").await.map_err(classify)?;
     let rows: Vec<&[crate::change::Datum]> = chunk.rows.iter().map(Vec::as_slice).collect();
     if !rows.is_empty() {
-        let written = if write.overwrite {
-            writer.write_upserts(chunk.table, &rows).await
-        } else {
-            writer.write_inserts(chunk.table, &rows).await
-        };
-        if let Err(e) = written {
+        if let Err(e) = writer.write_chunk_rows(chunk.table, &rows, write.overwrite).await {
             let _ = writer.client().batch_execute("rollback").await;
             return Err(classify(e.source));
         }

@@ -1,17 +1,21 @@
-//! Statement parameters: one column of a batch of rows as a `text[]`,
-//! written straight from the pgoutput bytes in the array binary format (no
-//! UTF-8 re-validation, no copy into owned strings).
+//! Statement parameters: one column of a batch of rows as an array, written
+//! straight from the received bytes in the array binary format (no UTF-8
+//! re-validation, no copy into owned strings): a `text[]` of text values
+//! (pgoutput, `::text` reads), or a typed array (`bigint[]`, ...) of values
+//! already in their type's binary format (backfill reads, see
+//! `backfill::keyset::binary_inputs`).
 
 use std::error::Error as StdError;
 
 use bytes::{BufMut, BytesMut};
 use postgres_protocol::types::{ArrayDimension, array_to_sql};
-use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
+use tokio_postgres::types::{IsNull, Kind, ToSql, Type, to_sql_checked};
 
 use crate::change::Datum;
 
-/// Column `col` of `rows` as a `text[]` parameter. Nulls and unchanged
-/// TOAST markers become NULL elements.
+/// Column `col` of `rows` as an array parameter. Nulls and unchanged TOAST
+/// markers become NULL elements. The values of one column are all text (for
+/// a `text[]` parameter) or all binary (for an array of their type).
 #[derive(Debug)]
 pub struct ColumnParam<'a> {
     rows: &'a [&'a [Datum]],
@@ -28,16 +32,20 @@ impl<'a> ColumnParam<'a> {
 impl ToSql for ColumnParam<'_> {
     fn to_sql(
         &self,
-        _ty: &Type,
+        ty: &Type,
         out: &mut BytesMut,
     ) -> Result<IsNull, Box<dyn StdError + Sync + Send>> {
         let len = i32::try_from(self.rows.len())?;
+        let element = match ty.kind() {
+            Kind::Array(element) => element.oid(),
+            _ => Type::TEXT.oid(),
+        };
         array_to_sql(
             Some(ArrayDimension { len, lower_bound: 1 }),
-            Type::TEXT.oid(),
+            element,
             self.rows.iter().map(|row| row.get(self.col)),
             |value, buf| match value {
-                Some(Datum::Text(bytes)) => {
+                Some(Datum::Text(bytes) | Datum::Binary(bytes)) => {
                     buf.put_slice(bytes);
                     Ok(postgres_protocol::IsNull::No)
                 }
@@ -49,7 +57,7 @@ impl ToSql for ColumnParam<'_> {
     }
 
     fn accepts(ty: &Type) -> bool {
-        *ty == Type::TEXT_ARRAY
+        matches!(ty.kind(), Kind::Array(_))
     }
 
     to_sql_checked!();

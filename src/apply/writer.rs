@@ -28,6 +28,9 @@ enum StatementKey {
     Upsert(TableIdx),
     Delete(TableIdx),
     Partial(TableIdx, Vec<usize>),
+    /// Backfill chunks: some inputs as typed (binary) arrays.
+    ChunkInsert(TableIdx),
+    ChunkUpsert(TableIdx),
 }
 
 /// A write statement failed.
@@ -109,6 +112,14 @@ impl Writer {
             StatementKey::Delete(t) => statements::delete(&self.plan.tables[*t]),
             StatementKey::Partial(t, untouched) => {
                 statements::partial_update(&self.plan.tables[*t], untouched)
+            }
+            StatementKey::ChunkInsert(t) => {
+                let plan = &self.plan.tables[*t];
+                statements::insert_with(plan, &crate::backfill::keyset::binary_inputs(plan))
+            }
+            StatementKey::ChunkUpsert(t) => {
+                let plan = &self.plan.tables[*t];
+                statements::upsert_with(plan, &crate::backfill::keyset::binary_inputs(plan))
             }
         };
         let statement = self.client.prepare(&sql).await?;
@@ -192,33 +203,60 @@ impl Writer {
         Ok(())
     }
 
-    /// Multi-row upsert of full rows into table `t`.
-    pub async fn write_upserts(
+    async fn write_upserts(&mut self, t: TableIdx, rows: &[&[Datum]]) -> Result<(), WriteError> {
+        self.upsert_with(StatementKey::Upsert(t), t, rows).await
+    }
+
+    async fn upsert_with(
         &mut self,
+        statement: StatementKey,
         t: TableIdx,
         rows: &[&[Datum]],
     ) -> Result<(), WriteError> {
         let plan = Arc::clone(&self.plan);
         let tp = &plan.tables[t];
         let key = key_of(tp, rows[0]);
-        self.execute(StatementKey::Upsert(t), "upsert into", t, &[rows], &[tp.inputs.len()], &key)
+        self.execute(statement, "upsert into", t, &[rows], &[tp.inputs.len()], &key)
             .await
             .map(|_| ())
+    }
+
+    /// Writes a backfill chunk's rows (read by `backfill`, some inputs in
+    /// binary): inserted, and where a key exists (or with `overwrite`)
+    /// written as upserts.
+    pub async fn write_chunk_rows(
+        &mut self,
+        t: TableIdx,
+        rows: &[&[Datum]],
+        overwrite: bool,
+    ) -> Result<(), WriteError> {
+        if overwrite {
+            self.upsert_with(StatementKey::ChunkUpsert(t), t, rows).await
+        } else {
+            self.insert_with(StatementKey::ChunkInsert(t), StatementKey::ChunkUpsert(t), t, rows)
+                .await
+        }
     }
 
     /// Plain multi-row INSERT of rows new to the target, inside a savepoint:
     /// if the target already has one of the keys (a row the operator loaded,
     /// or one a backfill chunk copied), the insert is rolled back to the
     /// savepoint and the rows are written as upserts instead.
-    pub async fn write_inserts(
+    async fn write_inserts(&mut self, t: TableIdx, rows: &[&[Datum]]) -> Result<(), WriteError> {
+        self.insert_with(StatementKey::Insert(t), StatementKey::Upsert(t), t, rows).await
+    }
+
+    async fn insert_with(
         &mut self,
+        insert: StatementKey,
+        upsert: StatementKey,
         t: TableIdx,
         rows: &[&[Datum]],
     ) -> Result<(), WriteError> {
         let plan = Arc::clone(&self.plan);
         let tp = &plan.tables[t];
         let key = key_of(tp, rows[0]);
-        let statement = match self.statement(StatementKey::Insert(t)).await {
+        let statement = match self.statement(insert).await {
             Ok(s) => s,
             Err(source) => {
                 return Err(WriteError {
@@ -257,16 +295,7 @@ impl Writer {
                     .await
                     .map_err(describe)?;
                 tracing::debug!(table = %tp.target.readable(), "insert found existing keys; upserting");
-                self.execute(
-                    StatementKey::Upsert(t),
-                    "upsert into",
-                    t,
-                    &[rows],
-                    &[tp.inputs.len()],
-                    &key,
-                )
-                .await
-                .map(|_| ())
+                self.upsert_with(upsert, t, rows).await
             }
             Err(e) => Err(describe(e)),
         }

@@ -252,16 +252,18 @@ impl BackfillBoard {
     }
 }
 
-/// A text value read from the source (`column::text`), kept as bytes.
-struct TextValue(Bytes);
+/// A value read from the source as the server sent it: the text of
+/// `column::text`, or a column's binary format (see
+/// [`keyset::binary_inputs`]), kept as bytes.
+struct RawValue(Bytes);
 
-impl<'a> FromSql<'a> for TextValue {
+impl<'a> FromSql<'a> for RawValue {
     fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn std::error::Error + Sync + Send>> {
-        Ok(TextValue(Bytes::copy_from_slice(raw)))
+        Ok(RawValue(Bytes::copy_from_slice(raw)))
     }
 
-    fn accepts(ty: &Type) -> bool {
-        *ty == Type::TEXT
+    fn accepts(_: &Type) -> bool {
+        true
     }
 }
 
@@ -283,6 +285,8 @@ pub struct Chunk {
     pub read_started: Instant,
     /// Wall-clock start of the read (stored as the table's `started_at`).
     pub started_at: SystemTime,
+    /// How long the read took.
+    pub read_time: Duration,
 }
 
 /// What the applier needs to write a chunk (owned, so the next read can
@@ -602,6 +606,7 @@ impl Backfill {
         let table = self.tables[idx].table;
         let cursor = self.tables[idx].read.clone();
         let statement = self.statement(table, cursor.is_some()).await?;
+        let binary = keyset::binary_inputs(&self.plan.tables[table]);
         let asked = self.pace.rows();
         let target_name = self.tables[idx].target_name.clone();
         let sql = |context| {
@@ -624,7 +629,7 @@ impl Backfill {
             let (begun, snapshot, rows, committed) = tokio::join!(
                 self.source.batch_execute("begin isolation level repeatable read, read only"),
                 self.source.query_one(&self.snapshot_statement, &[]),
-                read_rows(&self.source, &statement, &params),
+                read_rows(&self.source, &statement, &params, &binary),
                 self.source.batch_execute("commit"),
             );
             begun.map_err(sql("starting the chunk's source transaction"))?;
@@ -677,7 +682,17 @@ impl Backfill {
         let t = &mut self.tables[idx];
         t.read = last_key.clone();
         t.exhausted = complete;
-        Ok(Some(Chunk { table, rows, last_key, complete, asked, read_started, started_at }))
+        let read_time = read_started.elapsed();
+        Ok(Some(Chunk {
+            table,
+            rows,
+            last_key,
+            complete,
+            asked,
+            read_started,
+            started_at,
+            read_time,
+        }))
     }
 
     /// Records a committed chunk.
@@ -817,6 +832,7 @@ async fn read_rows(
     source: &Client,
     statement: &Statement,
     params: &[&(dyn ToSql + Sync)],
+    binary: &[bool],
 ) -> Result<(Vec<Row>, bool), tokio_postgres::Error> {
     let stream = source.query_raw(statement, params.iter().copied()).await?;
     futures_util::pin_mut!(stream);
@@ -825,11 +841,15 @@ async fn read_rows(
     while let Some(row) = stream.try_next().await? {
         let mut values = Vec::with_capacity(row.len());
         for i in 0..row.len() {
-            let v: Option<TextValue> = row.try_get(i)?;
+            let v: Option<RawValue> = row.try_get(i)?;
             values.push(match v {
-                Some(TextValue(b)) => {
+                Some(RawValue(b)) => {
                     bytes += b.len() + 16;
-                    Datum::Text(b)
+                    if binary.get(i).copied().unwrap_or(false) {
+                        Datum::Binary(b)
+                    } else {
+                        Datum::Text(b)
+                    }
                 }
                 None => Datum::Null,
             });

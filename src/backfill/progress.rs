@@ -22,8 +22,8 @@ pub const LOAD: &str = "select source_table, target_table, last_key, rows_copied
 pub const SAVE: &str = "update walshift.backfill set last_key = $4, \
      rows_copied = rows_copied + $5, chunks = chunks + 1, \
      started_at = coalesce(started_at, $6), \
-     completed_at = case when $7 then now() end, \
-     paused_reason = null, updated_at = now() \
+     completed_at = case when $7 then clock_timestamp() end, \
+     paused_reason = null, updated_at = clock_timestamp() \
      where migration = $1 and source_table = $2 and target_table = $3";
 
 /// Records why a table's backfill waits (`$4`, null when it resumes).

@@ -276,6 +276,9 @@ pub struct Applier {
     stats: ApplyStats,
     last_log: Instant,
     backfill: Option<Backfill>,
+    /// More target connections writing parts of a backfill chunk at once
+    /// (`backfill.parallelism` - 1).
+    extra_writers: Vec<Writer>,
     /// Source commit time of the last applied transaction.
     last_commit_time: Option<SystemTime>,
 }
@@ -315,6 +318,7 @@ impl Applier {
             stats: ApplyStats::default(),
             last_log: Instant::now(),
             backfill: None,
+            extra_writers: Vec::new(),
             last_commit_time: None,
         };
         // The checkpoint may itself be an unflushed asynchronous commit of a
@@ -325,10 +329,23 @@ impl Applier {
         Ok(applier)
     }
 
-    /// Runs `backfill` between this applier's transactions.
-    pub fn with_backfill(mut self, backfill: Backfill) -> Self {
+    /// Runs `backfill` between this applier's transactions; `writers` are
+    /// extra target sessions that write parts of each chunk at the same
+    /// time (each is switched to `synchronous_commit = off`).
+    pub async fn with_backfill(
+        mut self,
+        backfill: Backfill,
+        writers: Vec<(tokio_postgres::Client, tokio_postgres::Client)>,
+    ) -> Result<Self, ApplyError> {
+        for (target, source) in writers {
+            target
+                .batch_execute("set synchronous_commit = off")
+                .await
+                .map_err(ApplyError::sql("configuring a backfill writer session"))?;
+            self.extra_writers.push(Writer::new(target, source, Arc::clone(&self.plan)));
+        }
         self.backfill = Some(backfill);
-        self
+        Ok(self)
     }
 
     async fn wal_positions(&self) -> Result<(u64, u64), ApplyError> {
@@ -662,7 +679,7 @@ impl Applier {
         rx: &mpsc::Receiver<Vec<StreamItem>>,
         shutdown: &Shutdown,
     ) -> Result<(), ApplyError> {
-        let Applier { writer, backfill, .. } = self;
+        let Applier { writer, backfill, extra_writers, .. } = self;
         let Some(backfill) = backfill else { return Ok(()) };
         let started = Instant::now();
         let mut next = backfill.read_next().await?;
@@ -674,12 +691,15 @@ impl Applier {
                 && now.duration_since(started) < BACKFILL_ROUND_MAX
                 && backfill.may_read_ahead(&chunk, now);
             let write_started = Instant::now();
+            let mut writers: Vec<&mut Writer> = Vec::with_capacity(1 + extra_writers.len());
+            writers.push(&mut *writer);
+            writers.extend(extra_writers.iter_mut());
             let (written, read) = if ahead {
                 let (w, r) =
-                    tokio::join!(write_chunk(writer, &write, &chunk), backfill.read_next());
+                    tokio::join!(write_chunk(&mut writers, &write, &chunk), backfill.read_next());
                 (w, Some(r))
             } else {
-                (write_chunk(writer, &write, &chunk).await, None)
+                (write_chunk(&mut writers, &write, &chunk).await, None)
             };
             tracing::debug!(
                 rows = chunk.rows.len(),
@@ -723,49 +743,137 @@ enum ChunkError {
     Other(tokio_postgres::Error),
 }
 
-/// Writes one backfill chunk and its checkpoint in one target transaction.
-/// New keys are inserted; a key the target already has is overwritten with
-/// the chunk's version, which is at least as new (see `docs/backfill.md`).
+/// Smallest part of a chunk worth its own connection.
+const MIN_PART_ROWS: usize = 2000;
+
+fn classify_chunk_error(e: tokio_postgres::Error) -> ChunkError {
+    if e.as_db_error().is_some_and(|db| db.code().code() == "23503") {
+        ChunkError::ForeignKey(e)
+    } else {
+        ChunkError::Other(e)
+    }
+}
+
+/// Writes one backfill chunk and its checkpoint. New keys are inserted; a
+/// key the target already has is overwritten with the chunk's version,
+/// which is at least as new (see `docs/backfill.md`).
+///
+/// With more than one writer, the chunk is cut into consecutive key ranges
+/// written at the same time, one target transaction per range, all at the
+/// applier's current position. Constraints are checked before anything
+/// commits; then the ranges commit in key order, each advancing the
+/// checkpoint to its own last key, so a crash between two commits resumes
+/// exactly after the last committed range. A foreign key between rows of
+/// different ranges (a table referencing itself) cannot be checked that
+/// way: the chunk is then written again through one connection.
 async fn write_chunk(
-    writer: &mut Writer,
+    writers: &mut [&mut Writer],
     write: &ChunkWrite,
     chunk: &Chunk,
 ) -> Result<(), ChunkError> {
-    let classify = |e: tokio_postgres::Error| {
-        if e.as_db_error().is_some_and(|db| db.code().code() == "23503") {
-            ChunkError::ForeignKey(e)
-        } else {
-            ChunkError::Other(e)
+    let parts = writers.len().min(chunk.rows.len() / MIN_PART_ROWS).max(1);
+    match write_parts(&mut writers[..parts], write, chunk).await {
+        Err(ChunkError::ForeignKey(_)) if parts > 1 => {
+            tracing::debug!(table = %write.target_table, "foreign key across parts; writing the chunk whole");
+            write_parts(&mut writers[..1], write, chunk).await
         }
-    };
-    writer.client().batch_execute("begin; set constraints all deferred").await.map_err(classify)?;
+        other => other,
+    }
+}
+
+async fn write_parts(
+    writers: &mut [&mut Writer],
+    write: &ChunkWrite,
+    chunk: &Chunk,
+) -> Result<(), ChunkError> {
+    let parts = writers.len();
     let rows: Vec<&[crate::change::Datum]> = chunk.rows.iter().map(Vec::as_slice).collect();
-    if !rows.is_empty() {
-        if let Err(e) = writer.write_chunk_rows(chunk.table, &rows, write.overwrite).await {
+    let per = rows.len().div_ceil(parts).max(1);
+    let slices: Vec<&[&[crate::change::Datum]]> =
+        if rows.is_empty() { vec![&rows[..]] } else { rows.chunks(per).collect() };
+    // Phase 1: every range written (and, when split, checked) in its own
+    // open transaction, at the same time.
+    let writes = writers.iter_mut().zip(&slices).map(|(writer, part)| async move {
+        writer
+            .client()
+            .batch_execute("begin; set constraints all deferred")
+            .await
+            .map_err(classify_chunk_error)?;
+        let result = async {
+            if !part.is_empty() {
+                writer
+                    .write_chunk_rows(chunk.table, part, write.overwrite)
+                    .await
+                    .map_err(|e| classify_chunk_error(e.source))?;
+            }
+            if parts > 1 {
+                writer
+                    .client()
+                    .batch_execute("set constraints all immediate")
+                    .await
+                    .map_err(classify_chunk_error)?;
+            }
+            Ok(())
+        }
+        .await;
+        if result.is_err() {
             let _ = writer.client().batch_execute("rollback").await;
-            return Err(classify(e.source));
+        }
+        result
+    });
+    let results = futures_util::future::join_all(writes).await;
+    if let Some(failed) = results.iter().position(Result::is_err) {
+        for (writer, result) in writers.iter_mut().zip(&results) {
+            if result.is_ok() {
+                let _ = writer.client().batch_execute("rollback").await;
+            }
+        }
+        return results.into_iter().nth(failed).unwrap_or(Ok(()));
+    }
+    // Phase 2: commit in key order, each with its checkpoint.
+    let count = slices.len();
+    for (i, (writer, part)) in writers.iter_mut().zip(&slices).enumerate() {
+        let last = i + 1 == count;
+        let last_key = if last {
+            chunk.last_key.clone()
+        } else {
+            part.last().map(|row| crate::backfill::key_text(chunk.table, writer.plan(), row))
+        };
+        let complete = last && chunk.complete;
+        let rows_in_part = part.len() as i64;
+        let client = writer.client();
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] = [
+            &write.migration,
+            &write.source_table,
+            &write.target_table,
+            &last_key,
+            &rows_in_part,
+            &chunk.started_at,
+            &complete,
+        ];
+        let (saved, committed) = tokio::join!(
+            client.execute(crate::backfill::progress::SAVE, &params),
+            client.batch_execute("commit"),
+        );
+        let outcome = match (saved, committed) {
+            // A failed save aborts the transaction, and its COMMIT rolls back.
+            (Err(e), _) => Err(ChunkError::Other(e)),
+            (Ok(_), Err(e)) => Err(classify_chunk_error(e)),
+            (Ok(_), Ok(())) => Ok(()),
+        };
+        if let Err(e) = outcome {
+            for later in writers.iter_mut().skip(i + 1) {
+                let _ = later.client().batch_execute("rollback").await;
+            }
+            // Earlier ranges are committed: only a restart of the session
+            // (which reloads the checkpoint) may follow.
+            return Err(match e {
+                ChunkError::ForeignKey(e) if i > 0 => ChunkError::Other(e),
+                other => other,
+            });
         }
     }
-    let rows_in_chunk = rows.len() as i64;
-    let client = writer.client();
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] = [
-        &write.migration,
-        &write.source_table,
-        &write.target_table,
-        &chunk.last_key,
-        &rows_in_chunk,
-        &chunk.started_at,
-        &chunk.complete,
-    ];
-    let (saved, committed) = tokio::join!(
-        client.execute(crate::backfill::progress::SAVE, &params),
-        client.batch_execute("commit"),
-    );
-    // A failed save aborts the transaction, and its COMMIT rolls back.
-    if let Err(e) = saved {
-        return Err(ChunkError::Other(e));
-    }
-    committed.map_err(classify)
+    Ok(())
 }
 
 /// WAL page size and the sizes of the page headers (`XLOG_BLCKSZ`,

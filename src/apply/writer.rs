@@ -10,6 +10,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use futures_util::SinkExt;
+
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement};
 
@@ -64,6 +66,45 @@ impl std::fmt::Debug for Writer {
     }
 }
 
+/// Rows in PostgreSQL's binary `COPY` format: a header, then per row the
+/// field count and each field as a length and the bytes as received (the
+/// text of text-mode columns is also their binary format), -1 for NULL.
+fn binary_copy(rows: &[&[Datum]]) -> bytes::Bytes {
+    use bytes::BufMut;
+    let size: usize = rows
+        .iter()
+        .map(|r| {
+            2 + r
+                .iter()
+                .map(|d| {
+                    4 + match d {
+                        Datum::Text(b) | Datum::Binary(b) => b.len(),
+                        _ => 0,
+                    }
+                })
+                .sum::<usize>()
+        })
+        .sum();
+    let mut buf = bytes::BytesMut::with_capacity(19 + size + 2);
+    buf.put_slice(b"PGCOPY\n\xff\r\n\0");
+    buf.put_i32(0);
+    buf.put_i32(0);
+    for row in rows {
+        buf.put_i16(i16::try_from(row.len()).unwrap_or(i16::MAX));
+        for value in row.iter() {
+            match value {
+                Datum::Text(b) | Datum::Binary(b) => {
+                    buf.put_i32(i32::try_from(b.len()).unwrap_or(i32::MAX));
+                    buf.put_slice(b);
+                }
+                Datum::Null | Datum::UnchangedToast => buf.put_i32(-1),
+            }
+        }
+    }
+    buf.put_i16(-1);
+    buf.freeze()
+}
+
 /// `1 row, key id=7` or `250 rows`, for error messages.
 fn rows_label(plan: &TablePlan, rows: usize, first_key: &[Datum]) -> String {
     if rows == 1 {
@@ -102,6 +143,11 @@ impl Writer {
         &self.client
     }
 
+    /// The plan it writes.
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
     async fn statement(&mut self, key: StatementKey) -> Result<Statement, tokio_postgres::Error> {
         if let Some(s) = self.statements.get(&key) {
             return Ok(s.clone());
@@ -113,13 +159,16 @@ impl Writer {
             StatementKey::Partial(t, untouched) => {
                 statements::partial_update(&self.plan.tables[*t], untouched)
             }
-            StatementKey::ChunkInsert(t) => {
+            StatementKey::ChunkInsert(t) | StatementKey::ChunkUpsert(t) => {
                 let plan = &self.plan.tables[*t];
-                statements::insert_with(plan, &crate::backfill::keyset::binary_inputs(plan))
-            }
-            StatementKey::ChunkUpsert(t) => {
-                let plan = &self.plan.tables[*t];
-                statements::upsert_with(plan, &crate::backfill::keyset::binary_inputs(plan))
+                let binary = crate::backfill::keyset::binary_inputs(plan);
+                let table = statements::stage_name(plan);
+                let rows = statements::RowSource::Stage { table: &table, binary: &binary };
+                if matches!(key, StatementKey::ChunkInsert(_)) {
+                    statements::insert_with(plan, &rows)
+                } else {
+                    statements::upsert_with(plan, &rows)
+                }
             }
         };
         let statement = self.client.prepare(&sql).await?;
@@ -222,19 +271,74 @@ impl Writer {
     }
 
     /// Writes a backfill chunk's rows (read by `backfill`, some inputs in
-    /// binary): inserted, and where a key exists (or with `overwrite`)
-    /// written as upserts.
+    /// binary) inside the open transaction: `COPY … (FORMAT binary)` into
+    /// the session's staging table (temporary, no index, emptied at
+    /// commit), then one `INSERT … SELECT` through the mapping. If a key
+    /// exists already (the stream wrote it), or with `overwrite`, the rows
+    /// are written as upserts instead.
     pub async fn write_chunk_rows(
         &mut self,
         t: TableIdx,
         rows: &[&[Datum]],
         overwrite: bool,
     ) -> Result<(), WriteError> {
+        let plan = Arc::clone(&self.plan);
+        let tp = &plan.tables[t];
+        let first = rows.first().map(|r| key_of(tp, r)).unwrap_or_default();
+        let describe = |op, source| WriteError {
+            op,
+            table: tp.target.readable(),
+            rows: rows_label(tp, rows.len(), &first),
+            source,
+        };
+        let binary = crate::backfill::keyset::binary_inputs(tp);
+        let stage = statements::stage_name(tp);
+        // The staging table is created in the chunk's transaction; a chunk
+        // rolled back takes it along, so it is created (if missing) each time.
+        self.client
+            .batch_execute(&statements::stage_table(tp, &binary))
+            .await
+            .map_err(|e| describe("stage rows for", e))?;
+        let sink = self
+            .client
+            .copy_in::<_, bytes::Bytes>(&format!("copy {stage} from stdin (format binary)"))
+            .await
+            .map_err(|e| describe("stage rows for", e))?;
+        futures_util::pin_mut!(sink);
+        sink.send(binary_copy(rows)).await.map_err(|e| describe("stage rows for", e))?;
+        sink.as_mut().finish().await.map_err(|e| describe("stage rows for", e))?;
+        let upsert = self
+            .statement(StatementKey::ChunkUpsert(t))
+            .await
+            .map_err(|e| describe("upsert into", e))?;
         if overwrite {
-            self.upsert_with(StatementKey::ChunkUpsert(t), t, rows).await
-        } else {
-            self.insert_with(StatementKey::ChunkInsert(t), StatementKey::ChunkUpsert(t), t, rows)
-                .await
+            self.client.execute(&upsert, &[]).await.map_err(|e| describe("upsert into", e))?;
+            return Ok(());
+        }
+        let insert = self
+            .statement(StatementKey::ChunkInsert(t))
+            .await
+            .map_err(|e| describe("insert into", e))?;
+        let client = &self.client;
+        let (saved, inserted, released) = tokio::join!(
+            client.batch_execute("savepoint walshift_insert"),
+            client.execute(&insert, &[]),
+            client.batch_execute("release savepoint walshift_insert"),
+        );
+        saved.map_err(|e| describe("insert into", e))?;
+        match inserted {
+            Ok(_) => released.map_err(|e| describe("insert into", e)),
+            Err(e) if e.as_db_error().is_some_and(|db| db.code().code() == "23505") => {
+                client
+                    .batch_execute(
+                        "rollback to savepoint walshift_insert; release savepoint walshift_insert",
+                    )
+                    .await
+                    .map_err(|e| describe("insert into", e))?;
+                client.execute(&upsert, &[]).await.map_err(|e| describe("upsert into", e))?;
+                Ok(())
+            }
+            Err(e) => Err(describe("insert into", e)),
         }
     }
 

@@ -798,6 +798,19 @@ impl Backfill {
     }
 }
 
+/// The key of `row` (plan input order) of `table` as the text stored in the
+/// checkpoint. Key inputs are always read as text.
+pub fn key_text(table: TableIdx, plan: &Plan, row: &[Datum]) -> Vec<String> {
+    plan.tables[table]
+        .key_inputs
+        .iter()
+        .map(|&k| match row.get(k) {
+            Some(Datum::Text(b)) => String::from_utf8_lossy(b).into_owned(),
+            _ => String::new(),
+        })
+        .collect()
+}
+
 fn status_of(t: &TableCursor) -> TableStatus {
     TableStatus {
         source: t.source_name.clone(),

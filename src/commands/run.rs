@@ -401,11 +401,25 @@ async fn session(
         Backfill::start(copier, &target, Arc::clone(&plan), backfill.clone(), Arc::clone(board))
             .await
             .map_err(|e| (none, SessionError::Apply(e.into())))?;
+    let mut writers = Vec::new();
+    if backfill.has_work() {
+        for _ in 1..cfg.backfill.parallelism {
+            let target = client::connect(&cfg.target.url, "backfill-writer", SessionLimits::APPLY)
+                .await
+                .map_err(|e| fail(e.into()))?;
+            let source = client::connect(&cfg.source.url, "fetch", SessionLimits::APPLY)
+                .await
+                .map_err(|e| fail(e.into()))?;
+            writers.push((target, source));
+        }
+    }
     let applier =
         Applier::new(target, source_sql, Arc::clone(&plan), options, checkpoint, durable_tx)
             .await
             .map_err(|e| (none, SessionError::Apply(e)))?
-            .with_backfill(backfill);
+            .with_backfill(backfill, writers)
+            .await
+            .map_err(|e| (none, SessionError::Apply(e)))?;
     let stream_options = StreamOptions {
         slot: cfg.source.slot.clone(),
         publication: cfg.source.publication.clone(),

@@ -91,7 +91,7 @@ pub const DEFAULT_CHUNK_ROWS_MAX: u32 = 50_000;
 pub const DEFAULT_TARGET_CHUNK_MS: u64 = 500;
 /// The backfill pauses while replication lag exceeds this.
 pub const DEFAULT_MAX_LAG_SECONDS: u64 = 30;
-/// Tables (or key ranges) copied concurrently.
+/// Target connections writing parts of each backfill chunk at once.
 pub const DEFAULT_PARALLELISM: u32 = 1;
 /// Upper bound of `backfill.parallelism`.
 pub const MAX_PARALLELISM: u32 = 64;
@@ -528,7 +528,8 @@ pub struct BackfillSettings {
     pub max_lag: Duration,
     /// Optional rate limit over all tables (> 0).
     pub max_rows_per_second: Option<u32>,
-    /// Concurrent copies (1..=[`MAX_PARALLELISM`]).
+    /// Target connections writing parts of each chunk at once
+    /// (1..=[`MAX_PARALLELISM`]).
     pub parallelism: u32,
 }
 

@@ -7,6 +7,7 @@ mod apply;
 mod apply_crash;
 mod apply_edge;
 mod backfill;
+mod backfill_crash;
 mod connect;
 mod demo;
 mod harness;

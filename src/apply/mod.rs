@@ -281,6 +281,9 @@ pub struct Applier {
     extra_writers: Vec<Writer>,
     /// Source commit time of the last applied transaction.
     last_commit_time: Option<SystemTime>,
+    /// A backfill round ran and the stream has not had its turn since:
+    /// what it queued meanwhile is applied before the next chunk.
+    stream_turn: bool,
 }
 
 impl std::fmt::Debug for Applier {
@@ -320,6 +323,7 @@ impl Applier {
             backfill: None,
             extra_writers: Vec::new(),
             last_commit_time: None,
+            stream_turn: false,
         };
         // The checkpoint may itself be an unflushed asynchronous commit of a
         // previous run: it only counts as durable once the WAL is flushed.
@@ -589,6 +593,7 @@ impl Applier {
         let flush: PgLsn =
             row.try_get(1).map_err(ApplyError::sql("reading the target's WAL position"))?;
         self.batch = None;
+        self.stream_turn = false;
         self.last_commit_time = commit_time.or(self.last_commit_time);
         self.stats.commits += 1;
         self.stats.transactions += transactions;
@@ -623,6 +628,13 @@ impl Applier {
         if shutdown.is_triggered() {
             return Ok(None);
         }
+        if rx.is_empty() {
+            self.stream_turn = false;
+        } else if self.stream_turn {
+            // Chunks and stream batches alternate while changes arrive, so
+            // the stream is never more than about a round behind.
+            return Ok(None);
+        }
         // Lag as the stream sees it: nothing waiting means caught up with
         // everything received; otherwise the next transaction committed
         // after the last one applied, so its age is at most this.
@@ -650,6 +662,7 @@ impl Applier {
                     self.store_pause(&write, reason).await?;
                 }
                 self.copy_round(rx, shutdown).await?;
+                self.stream_turn = true;
                 Ok(Some(Instant::now()))
             }
         }

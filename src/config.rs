@@ -92,7 +92,7 @@ pub const DEFAULT_TARGET_CHUNK_MS: u64 = 500;
 /// The backfill pauses while replication lag exceeds this.
 pub const DEFAULT_MAX_LAG_SECONDS: u64 = 30;
 /// Target connections writing parts of each backfill chunk at once.
-pub const DEFAULT_PARALLELISM: u32 = 1;
+pub const DEFAULT_PARALLELISM: u32 = 2;
 /// Upper bound of `backfill.parallelism`.
 pub const MAX_PARALLELISM: u32 = 64;
 /// Prometheus endpoint address.

@@ -123,6 +123,25 @@ pub(crate) async fn wait_sessions_gone(client: &Client) {
     .await;
 }
 
+/// Waits until walshift confirmed (applied durably) everything written to
+/// the source so far.
+pub(crate) async fn wait_caught_up(source: &Client, slot: &str) {
+    let lsn: String =
+        source.query_one("select pg_current_wal_lsn()::text", &[]).await.unwrap().get(0);
+    wait_until(&format!("slot {slot} confirms {lsn}"), WAIT, async || {
+        source
+            .query_one(
+                "select confirmed_flush_lsn >= $1::text::pg_lsn from pg_replication_slots \
+                 where slot_name = $2",
+                &[&lsn, &slot],
+            )
+            .await
+            .unwrap()
+            .get::<_, bool>(0)
+    })
+    .await;
+}
+
 /// The `backfilling` log lines of a run.
 pub(crate) fn backfilling_lines(log: &str) -> Vec<&str> {
     log.lines().filter(|l| l.contains(" backfilling ")).collect()
@@ -507,6 +526,71 @@ async fn rows_all_deleted_during_the_backfill_leave_no_ghosts() {
 }
 
 // ---------------------------------------------------------------------------
+// rate cap
+
+/// `max_rows_per_second` spaces the chunks: with chunks of 100 rows and a
+/// cap of 250 rows/s, chunks commit about 400 ms apart (a chunk's write
+/// time shifts its commit by a few ms), never two within 200 ms. (The
+/// checkpoint row is polled every 10 ms.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_cap_spaces_every_chunk() {
+    let db = TestDb::new(PgCluster::shared()).await;
+    db.execute(
+        "create table capped (id bigint primary key, v text not null);
+         insert into capped select g, 'v' || g from generate_series(1, 1000) g;
+         analyze capped;
+         create schema shadow;
+         create table shadow.capped (id bigint primary key, v text not null);",
+    )
+    .await;
+    let ws = Walshift::with_tables(
+        &db,
+        None,
+        "[[tables]]\nsource = \"public.capped\"\ntarget = \"shadow.capped\"\n",
+        "[backfill]\nchunk_rows_min = 100\nchunk_rows_max = 100\nmax_rows_per_second = 250\n",
+    );
+    ws.run_ok(&["setup"]).await;
+    let client = db.client().await;
+    let run = ws.spawn_run();
+    let mut samples: Vec<(Instant, i64)> = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let p = progress(&client, "shadow.capped").await;
+        if let Some(p) = &p {
+            samples.push((Instant::now(), p.rows_copied));
+        }
+        if p.as_ref().is_some_and(Progress::complete) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the copy did not complete: {p:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (code, log) = run.stop().await;
+    assert_eq!(code, Some(0), "{log}");
+    // When the checkpoint moved, and by how much.
+    let mut commits: Vec<(Instant, i64)> = Vec::new();
+    let mut previous = 0;
+    for &(t, rows) in &samples {
+        if rows != previous {
+            commits.push((t, rows - previous));
+            previous = rows;
+        }
+    }
+    let first = commits.first().expect("a first chunk").0;
+    let last = commits.last().unwrap().0;
+    let timeline: Vec<String> =
+        commits.iter().map(|(t, n)| format!("+{n} at {} ms", (*t - first).as_millis())).collect();
+    let too_close = commits.windows(2).any(|w| w[1].0 - w[0].0 < Duration::from_millis(200));
+    let too_big = commits.iter().any(|c| c.1 > 100);
+    assert!(
+        !too_close && !too_big,
+        "more than one 100-row chunk within 200 ms at a cap of 250 rows/s: {timeline:?}\nlog:\n{log}"
+    );
+    // On average too: 10 chunks, the first at once.
+    assert!(last - first >= Duration::from_millis(3200), "{timeline:?}");
+}
+
+// ---------------------------------------------------------------------------
 // lag throttle
 
 /// With `max_lag_seconds = 1`, transactions the target needs seconds to
@@ -816,9 +900,9 @@ async fn key_change_with_unchanged_toast_ahead_of_the_cursor_is_not_lost() {
     db.execute(
         "create table docs (id bigint primary key, note text, doc text);
          alter table docs alter column doc set storage external;
-         insert into docs select g, 'n' || g, 'small' from generate_series(1, 10000) g;
+         insert into docs select g, 'n' || g, 'small' from generate_series(1, 4000) g;
          update docs set doc = (select string_agg(md5(random()::text || s || id), '')
-                                from generate_series(1, 300) s) where id > 9990;
+                                from generate_series(1, 300) s) where id > 3990;
          analyze docs;
          create schema shadow;
          create table shadow.docs (id bigint primary key, note text, doc text);",
@@ -833,30 +917,26 @@ async fn key_change_with_unchanged_toast_ahead_of_the_cursor_is_not_lost() {
     ws.run_ok(&["setup"]).await;
     let client = db.client().await;
     let run = ws.spawn_run();
-    wait_progress(&client, "shadow.docs", "copying", WAIT, |p| p.rows_copied >= 1000).await;
-    // 9995 is ahead of the cursor, 0 and -9996 behind it.
-    db.execute("update docs set id = -id where id = 9995").await;
-    db.execute("update docs set id = 0, note = 'moved' where id = 9996").await;
+    wait_progress(&client, "shadow.docs", "copying", WAIT, |p| p.rows_copied >= 600).await;
+    // 3995 and 3996 are ahead of the cursor, -3995 and 0 behind it. (The
+    // same move of a row whose doc is inline, 3000 to -3000, is a full-row
+    // change: delete the old key, upsert the new one.)
+    db.execute("update docs set id = -id where id = 3995").await;
+    db.execute("update docs set id = 0, note = 'moved' where id = 3996").await;
+    db.execute("update docs set id = -id where id = 3000").await;
     let p = progress(&client, "shadow.docs").await.unwrap();
     assert!(!p.complete(), "{p:?}");
     wait_progress(&client, "shadow.docs", "complete", WAIT, Progress::complete).await;
+    wait_caught_up(&client, &db.slot_name()).await;
     let source_sql = "select id, note, md5(doc) from docs";
     let target_sql = "select id, note, md5(doc) from shadow.docs";
-    let expected = rows(&client, source_sql).await;
-    let started = Instant::now();
-    loop {
-        let actual = rows(&client, target_sql).await;
-        if actual == expected {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "{}\nrun log:\n{}",
-            crate::support::shadow::diff(&expected, &actual),
-            run.stderr()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let (expected, actual) = (rows(&client, source_sql).await, rows(&client, target_sql).await);
+    assert!(
+        expected == actual,
+        "{}\nrun log:\n{}",
+        crate::support::shadow::diff(&expected, &actual),
+        run.stderr()
+    );
     let (code, log) = run.stop().await;
     assert_eq!(code, Some(0), "{log}");
 }

@@ -525,6 +525,56 @@ async fn rows_all_deleted_during_the_backfill_leave_no_ghosts() {
     assert_eq!(code, Some(0), "{log}");
 }
 
+/// A TRUNCATE of the source while its backfill runs, then new rows behind
+/// and ahead of the cursor: no pre-truncate row survives in the target,
+/// every new row arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncate_during_the_backfill_leaves_only_newer_rows() {
+    let db = TestDb::new(PgCluster::shared()).await;
+    db.execute(
+        "create table churn (id bigint primary key, v text not null);
+         insert into churn select g, 'old' || g from generate_series(1, 6000) g;
+         analyze churn;
+         create schema shadow;
+         create table shadow.churn (id bigint primary key, v text not null);",
+    )
+    .await;
+    let ws = Walshift::with_tables(
+        &db,
+        None,
+        "[[tables]]\nsource = \"public.churn\"\ntarget = \"shadow.churn\"\n",
+        "[backfill]\nchunk_rows_min = 200\nchunk_rows_max = 200\nmax_rows_per_second = 2000\n",
+    );
+    ws.run_ok(&["setup"]).await;
+    let client = db.client().await;
+    let run = ws.spawn_run();
+    wait_progress(&client, "shadow.churn", "copying", WAIT, |p| p.rows_copied >= 1000).await;
+    db.execute("update churn set v = 'touched' where id % 500 = 0").await;
+    db.execute("truncate churn").await;
+    // New rows all over the key range, in several transactions.
+    for start in [1, 2001, 4001, 5801, 9001] {
+        db.execute(&format!(
+            "insert into churn select g, 'new' || g from generate_series({start}, {}) g",
+            start + 150
+        ))
+        .await;
+    }
+    let p = progress(&client, "shadow.churn").await.unwrap();
+    assert!(!p.complete(), "the copy finished before the truncate: {p:?}");
+    wait_progress(&client, "shadow.churn", "complete", WAIT, Progress::complete).await;
+    let n = assert_converges(
+        &client,
+        "select * from churn",
+        &client,
+        "select * from shadow.churn",
+        WAIT,
+    )
+    .await;
+    assert_eq!(n, 5 * 151);
+    let (code, log) = run.stop().await;
+    assert_eq!(code, Some(0), "{log}");
+}
+
 // ---------------------------------------------------------------------------
 // rate cap
 

@@ -568,13 +568,18 @@ impl Applier {
         let (transactions, changes, commit_time) =
             (batch.transactions, batch.changes, batch.commit_time);
         self.flush().await?;
+        let save = self
+            .writer
+            .prepared(statements::SAVE_PROGRESS)
+            .await
+            .map_err(ApplyError::sql("saving the applied position"))?;
         let client = self.writer.client();
         let lsn = PgLsn::from(end_lsn.0);
         let migration = self.options.migration.as_str();
         // Pipelined: progress, commit and the WAL position go out together.
         let progress: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&migration, &lsn];
         let (saved, committed, position) = tokio::join!(
-            client.execute(statements::SAVE_PROGRESS, &progress),
+            client.execute(&save, &progress),
             client.batch_execute("commit"),
             client.query_one("select pg_current_wal_insert_lsn(), pg_current_wal_flush_lsn()", &[]),
         );
@@ -854,6 +859,15 @@ async fn write_parts(
         };
         let complete = last && chunk.complete;
         let rows_in_part = part.len() as i64;
+        let save = match writer.prepared(crate::backfill::progress::SAVE).await {
+            Ok(save) => save,
+            Err(e) => {
+                for other in writers.iter_mut().skip(i) {
+                    let _ = other.client().batch_execute("rollback").await;
+                }
+                return Err(ChunkError::Other(e));
+            }
+        };
         let client = writer.client();
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] = [
             &write.migration,
@@ -864,10 +878,8 @@ async fn write_parts(
             &chunk.started_at,
             &complete,
         ];
-        let (saved, committed) = tokio::join!(
-            client.execute(crate::backfill::progress::SAVE, &params),
-            client.batch_execute("commit"),
-        );
+        let (saved, committed) =
+            tokio::join!(client.execute(&save, &params), client.batch_execute("commit"),);
         let outcome = match (saved, committed) {
             // A failed save aborts the transaction, and its COMMIT rolls back.
             (Err(e), _) => Err(ChunkError::Other(e)),

@@ -33,6 +33,8 @@ enum StatementKey {
     /// Backfill chunks: some inputs as typed (binary) arrays.
     ChunkInsert(TableIdx),
     ChunkUpsert(TableIdx),
+    /// A fixed statement (progress bookkeeping).
+    Fixed(&'static str),
 }
 
 /// A write statement failed.
@@ -148,6 +150,16 @@ impl Writer {
         &self.plan
     }
 
+    /// `sql` prepared once on this connection. Statements pipelined with
+    /// `COMMIT` must be prepared: an unprepared one is parsed in a round
+    /// trip of its own first, so `COMMIT` would reach the server before it.
+    pub async fn prepared(
+        &mut self,
+        sql: &'static str,
+    ) -> Result<Statement, tokio_postgres::Error> {
+        self.statement(StatementKey::Fixed(sql)).await
+    }
+
     async fn statement(&mut self, key: StatementKey) -> Result<Statement, tokio_postgres::Error> {
         if let Some(s) = self.statements.get(&key) {
             return Ok(s.clone());
@@ -159,6 +171,7 @@ impl Writer {
             StatementKey::Partial(t, untouched) => {
                 statements::partial_update(&self.plan.tables[*t], untouched)
             }
+            StatementKey::Fixed(sql) => (*sql).to_owned(),
             StatementKey::ChunkInsert(t) | StatementKey::ChunkUpsert(t) => {
                 let plan = &self.plan.tables[*t];
                 let binary = crate::backfill::keyset::binary_inputs(plan);

@@ -65,6 +65,9 @@ const SNAPSHOT_WAIT: Duration = Duration::from_secs(60);
 /// Interval of the `backfill progress` log line.
 const PROGRESS_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
+/// Window of the copy rate shown in progress (rate and ETA).
+const RATE_WINDOW: Duration = Duration::from_secs(10);
+
 /// Consecutive chunks of one table rolled back for a missing parent row
 /// before the backfill gives up.
 const MAX_FOREIGN_KEY_RETRIES: u32 = 50;
@@ -324,7 +327,9 @@ struct TableCursor {
     complete: bool,
     fk_retries: u32,
     rate: f64,
-    last_commit: Option<Instant>,
+    /// `(when, rows_copied)` at recent commits, for the rate over
+    /// [`RATE_WINDOW`].
+    samples: std::collections::VecDeque<(Instant, u64)>,
     paused: bool,
 }
 
@@ -437,7 +442,7 @@ impl Backfill {
                 complete: p.complete,
                 fk_retries: 0,
                 rate: 0.0,
-                last_commit: None,
+                samples: std::collections::VecDeque::new(),
                 paused: false,
             });
         }
@@ -679,6 +684,7 @@ impl Backfill {
             None => cursor,
         };
         let complete = rows.len() < asked as usize && !bytes_capped;
+        self.pace.spaced(rows.len(), read_started);
         let t = &mut self.tables[idx];
         t.read = last_key.clone();
         t.exhausted = complete;
@@ -699,16 +705,27 @@ impl Backfill {
     pub fn committed(&mut self, chunk: &Chunk, elapsed: Duration) {
         let Some(idx) = self.tables.iter().position(|t| t.table == chunk.table) else { return };
         let now = Instant::now();
-        self.pace.observe(chunk.rows.len(), chunk.asked, elapsed, now);
+        self.pace.observe(chunk.rows.len(), chunk.asked, elapsed);
         let t = &mut self.tables[idx];
         t.committed = chunk.last_key.clone();
         t.rows_copied += chunk.rows.len() as u64;
         t.rows_estimated = t.rows_estimated.max(t.rows_copied);
         t.fk_retries = 0;
-        let interval = t.last_commit.map_or(elapsed, |l| now - l).as_secs_f64().max(1e-3);
-        let instant_rate = chunk.rows.len() as f64 / interval;
-        t.rate = if t.rate == 0.0 { instant_rate } else { 0.7 * t.rate + 0.3 * instant_rate };
-        t.last_commit = Some(now);
+        if t.samples.is_empty() {
+            // The first chunk of this session: its read started the clock.
+            t.samples.push_back((now - elapsed, t.rows_copied - chunk.rows.len() as u64));
+        }
+        t.samples.push_back((now, t.rows_copied));
+        // Keep one sample at least a window old as the base.
+        while t.samples.len() > 2 && t.samples.get(1).is_some_and(|s| now - s.0 >= RATE_WINDOW) {
+            t.samples.pop_front();
+        }
+        if let Some(&(since, base)) = t.samples.front() {
+            let secs = (now - since).as_secs_f64();
+            if secs > 0.0 {
+                t.rate = (t.rows_copied - base) as f64 / secs;
+            }
+        }
         t.paused = false;
         if chunk.complete {
             t.complete = true;

@@ -275,6 +275,41 @@ pub fn delete(plan: &TablePlan) -> String {
     )
 }
 
+/// For key changes: deletes the row at each old key when the target
+/// already has a row at the new key (a backfill chunk read after the change
+/// copied it there). One `text[]` per key input of the old keys, then of
+/// the new keys.
+pub fn delete_superseded(plan: &TablePlan) -> String {
+    let mut cols = String::new();
+    let mut srfs = String::new();
+    let mut old_match = String::new();
+    let mut new_match = String::new();
+    let width = plan.key_inputs.len();
+    for (j, (tk, &k)) in plan.target_key_columns().zip(&plan.key_inputs).enumerate() {
+        let ty = &plan.inputs[k].cast_type;
+        if j > 0 {
+            cols.push_str(", ");
+            srfs.push_str(", ");
+            old_match.push_str(" and ");
+            new_match.push_str(" and ");
+        }
+        let _ = write!(cols, "u.o{j}::{ty} as o{j}, u.n{j}::{ty} as n{j}");
+        let _ = write!(
+            srfs,
+            "unnest(${}::text[]) as o{j}, unnest(${}::text[]) as n{j}",
+            j + 1,
+            width + j + 1
+        );
+        let _ = write!(old_match, "t.{tk} = s.o{j}");
+        let _ = write!(new_match, "t2.{tk} = s.n{j}");
+    }
+    format!(
+        "delete from {target} as t using (select {cols} from (select {srfs}) as u) as s \
+         where {old_match} and exists (select 1 from {target} as t2 where {new_match})",
+        target = plan.target
+    )
+}
+
 /// Multi-row update of the outputs not in `untouched`, matching rows by
 /// their old key: one `text[]` per input, then one per key input (old key).
 pub fn partial_update(plan: &TablePlan, untouched: &[usize]) -> String {
@@ -436,6 +471,17 @@ mod tests {
              s.\"?walshift_old_0\", s.\"?walshift_n\", (id) as \"?walshift_v_0\" from s) update \
              \"billing_new\".\"orgs\" as t set \"org_id\" = x.\"?walshift_v_0\" from x where \
              t.\"org_id\" = x.\"?walshift_old_0\" returning x.\"?walshift_n\""
+        );
+    }
+
+    #[test]
+    fn superseded_rows_are_deleted_by_old_key_when_the_new_key_exists() {
+        assert_eq!(
+            delete_superseded(&plan(false)),
+            "delete from \"billing_new\".\"orgs\" as t using (select u.o0::bigint as o0, \
+             u.n0::bigint as n0 from (select unnest($1::text[]) as o0, unnest($2::text[]) as n0) \
+             as u) as s where t.\"org_id\" = s.o0 and exists (select 1 from \
+             \"billing_new\".\"orgs\" as t2 where t2.\"org_id\" = s.n0)"
         );
     }
 

@@ -35,6 +35,7 @@ enum StatementKey {
     ChunkUpsert(TableIdx),
     /// A fixed statement (progress bookkeeping).
     Fixed(&'static str),
+    DeleteSuperseded(TableIdx),
 }
 
 /// A write statement failed.
@@ -172,6 +173,9 @@ impl Writer {
                 statements::partial_update(&self.plan.tables[*t], untouched)
             }
             StatementKey::Fixed(sql) => (*sql).to_owned(),
+            StatementKey::DeleteSuperseded(t) => {
+                statements::delete_superseded(&self.plan.tables[*t])
+            }
             StatementKey::ChunkInsert(t) | StatementKey::ChunkUpsert(t) => {
                 let plan = &self.plan.tables[*t];
                 let binary = crate::backfill::keyset::binary_inputs(plan);
@@ -439,31 +443,50 @@ impl Writer {
             source,
         };
         let first = keys.first().copied().unwrap_or(&[]);
-        let statement = self
-            .statement(StatementKey::Partial(t, untouched.to_vec()))
+        let new_keys: Vec<Vec<Datum>> = rows.iter().map(|r| key_of(tp, r)).collect();
+        let moved: Vec<usize> =
+            (0..rows.len()).filter(|&i| keys[i] != new_keys[i].as_slice()).collect();
+        if !moved.is_empty() {
+            // A key change whose new key the target already has (a chunk
+            // read after the change copied the row there): the row at the
+            // new key is at least as new, so the one at the old key goes.
+            let old: Vec<&[Datum]> = moved.iter().map(|&i| keys[i]).collect();
+            let new: Vec<&[Datum]> = moved.iter().map(|&i| new_keys[i].as_slice()).collect();
+            let width = tp.key_inputs.len();
+            self.execute(
+                StatementKey::DeleteSuperseded(t),
+                "delete from",
+                t,
+                &[&old, &new],
+                &[width, width],
+                old[0],
+            )
+            .await?;
+        }
+        let found = self
+            .update_partial(t, untouched, rows, keys)
             .await
             .map_err(|e| describe(e, rows.len(), first))?;
-        let mut params = Vec::new();
-        for col in 0..tp.inputs.len() {
-            params.push(ColumnParam::new(rows, col));
-        }
-        for col in 0..tp.key_inputs.len() {
-            params.push(ColumnParam::new(keys, col));
-        }
-        let updated = self
-            .client
-            .query(&statement, &params.iter().map(|p| p as &(dyn ToSql + Sync)).collect::<Vec<_>>())
-            .await
-            .map_err(|e| describe(e, rows.len(), first))?;
-        let mut found = vec![false; keys.len()];
-        for row in &updated {
-            let n: i64 = row.try_get(0).map_err(|e| describe(e, rows.len(), first))?;
-            if let Some(slot) = usize::try_from(n - 1).ok().and_then(|i| found.get_mut(i)) {
-                *slot = true;
+        // Rows not found by their old key: a moved row may already be at its
+        // new key; anything else is read from the source by its new key.
+        let retry: Vec<usize> =
+            (0..rows.len()).filter(|&i| !found[i] && moved.contains(&i)).collect();
+        let mut found_again = vec![false; rows.len()];
+        if !retry.is_empty() {
+            let retry_rows: Vec<&[Datum]> = retry.iter().map(|&i| rows[i]).collect();
+            let retry_keys: Vec<&[Datum]> = retry.iter().map(|&i| new_keys[i].as_slice()).collect();
+            let again = self
+                .update_partial(t, untouched, &retry_rows, &retry_keys)
+                .await
+                .map_err(|e| describe(e, retry_rows.len(), retry_keys[0]))?;
+            for (n, &i) in retry.iter().enumerate() {
+                found_again[i] = again[n];
             }
         }
-        let missing: Vec<&[Datum]> =
-            keys.iter().zip(&found).filter(|(_, f)| !**f).map(|(k, _)| *k).collect();
+        let missing: Vec<&[Datum]> = (0..rows.len())
+            .filter(|&i| !found[i] && !found_again[i])
+            .map(|i| new_keys[i].as_slice())
+            .collect();
         if missing.is_empty() {
             return Ok(());
         }
@@ -484,6 +507,39 @@ impl Writer {
         }
         let refs: Vec<&[Datum]> = fetched.iter().map(Vec::as_slice).collect();
         self.write_upserts(t, &refs).await
+    }
+
+    /// Runs the partial update of `rows` matched by `keys`; returns which
+    /// rows the target had.
+    async fn update_partial(
+        &mut self,
+        t: TableIdx,
+        untouched: &[usize],
+        rows: &[&[Datum]],
+        keys: &[&[Datum]],
+    ) -> Result<Vec<bool>, tokio_postgres::Error> {
+        let plan = Arc::clone(&self.plan);
+        let tp = &plan.tables[t];
+        let statement = self.statement(StatementKey::Partial(t, untouched.to_vec())).await?;
+        let mut params = Vec::new();
+        for col in 0..tp.inputs.len() {
+            params.push(ColumnParam::new(rows, col));
+        }
+        for col in 0..tp.key_inputs.len() {
+            params.push(ColumnParam::new(keys, col));
+        }
+        let updated = self
+            .client
+            .query(&statement, &params.iter().map(|p| p as &(dyn ToSql + Sync)).collect::<Vec<_>>())
+            .await?;
+        let mut found = vec![false; keys.len()];
+        for row in &updated {
+            let n: i64 = row.try_get(0)?;
+            if let Some(slot) = usize::try_from(n - 1).ok().and_then(|i| found.get_mut(i)) {
+                *slot = true;
+            }
+        }
+        Ok(found)
     }
 
     async fn fetch_from_source(

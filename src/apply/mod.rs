@@ -75,7 +75,7 @@ const PROGRESS_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Longest run of back-to-back backfill chunks before the applier looks at
 /// its timers (durability polling) again.
-const BACKFILL_ROUND_MAX: Duration = Duration::from_secs(2);
+const BACKFILL_ROUND_MAX: Duration = Duration::from_secs(5);
 
 /// Pending bytes that force a flush whatever the row count, so a batch of
 /// huge rows (large TOAST values) stays bounded in memory.

@@ -182,9 +182,13 @@ make_target() {
         -c "$(table_ddl "$2")" -c "$(index_ddl "$2")"
 }
 drop_target() { psql_at "$1" -d postgres -c "set client_min_messages = warning" -c "drop table if exists $2.usage_events"; }
+# Before every timed phase: both clusters checkpointed and the OS's dirty
+# pages written out, so no phase pays for the previous one's writeback.
 checkpoint_all() {
     psql_at "$SRC_PORT" -d postgres -c checkpoint
     psql_at "$TGT_PORT" -d postgres -c checkpoint
+    sync
+    sleep 1
 }
 
 RESULTS="$BENCH_TMP/results.txt"   # method seconds wall_seconds [visible_seconds]

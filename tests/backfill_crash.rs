@@ -320,6 +320,12 @@ async fn stream_rows_and_their_applied_position_commit_together() {
     );
     let run = ws.spawn_run();
     assert_converges(&client, "select * from t", &client, "select * from shadow.t", WAIT).await;
+    // Stop it once it is running (a signal during start-up ends it with the
+    // signal's default action).
+    crate::support::wait::wait_until("the restarted run to stream", WAIT, async || {
+        run.stderr().contains("streaming").then_some(())
+    })
+    .await;
     let (code, log) = run.stop().await;
     assert_eq!(code, Some(0), "{log}");
 }

@@ -40,30 +40,30 @@ impl Shutdown {
     }
 }
 
-/// Returns a [`Shutdown`] triggered by the first SIGINT or SIGTERM.
+/// Returns a [`Shutdown`] triggered by the first SIGINT or SIGTERM. The
+/// handlers are installed before it returns (inside a runtime), so a signal
+/// arriving right after cannot take its default action and kill the process
+/// mid-way.
 pub fn on_signals() -> Shutdown {
+    use tokio::signal::unix::{SignalKind, signal};
     let (tx, rx) = channel();
+    let handlers = (signal(SignalKind::interrupt()), signal(SignalKind::terminate()));
     crate::runtime::tasks::spawn_named("signals", async move {
-        wait_for_signal().await;
+        match handlers {
+            (Ok(mut int), Ok(mut term)) => {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
         tracing::info!("shutdown requested");
         tx.trigger();
     });
     rx
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
-        (Ok(mut int), Ok(mut term)) => {
-            tokio::select! {
-                _ = int.recv() => {}
-                _ = term.recv() => {}
-            }
-        }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }
 
 #[cfg(test)]

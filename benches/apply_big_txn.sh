@@ -31,6 +31,7 @@ psql_at "$TGT_PORT" -d postgres -c "$TABLE_DDL"
 CONF="$BENCH_TMP/walshift.toml"
 write_walshift_config "$CONF" "$SRC_PORT" "$TGT_PORT" "$STATUS_MS"
 "$BIN" --config "$CONF" --log-level warn setup
+mark_backfilled "$TGT_PORT"
 
 echo "one source transaction inserting $ROWS rows ..."
 t0="$(now_s)"

@@ -75,6 +75,7 @@ psql_at "$SRC_PORT" -d postgres -c "create publication bench_pub for table usage
 CONF="$BENCH_TMP/walshift.toml"
 write_walshift_config "$CONF" "$SRC_PORT" "$TGT_WS_PORT" "$STATUS_MS"
 "$BIN" --config "$CONF" --log-level warn setup
+mark_backfilled "$TGT_WS_PORT"
 psql_at "$SRC_PORT" -d postgres -Atc "select 'replication slot bench_native: ' || slot_name || ' created' from pg_create_logical_replication_slot('bench_native', 'pgoutput')"
 psql_at "$TGT_NATIVE_PORT" -d postgres -c "create subscription bench_native
     connection 'host=127.0.0.1 port=$SRC_PORT dbname=postgres user=postgres application_name=bench_native'

@@ -69,6 +69,34 @@ impl std::fmt::Debug for Writer {
     }
 }
 
+/// Runs `insert` inside a savepoint (savepoint, insert and release are
+/// pipelined in one round trip). Returns `false` when a key already existed:
+/// the insert is then rolled back to the savepoint and the caller upserts.
+async fn insert_in_savepoint(
+    client: &Client,
+    insert: &Statement,
+    params: &[ColumnParam<'_>],
+) -> Result<bool, tokio_postgres::Error> {
+    let (saved, inserted, released) = tokio::join!(
+        client.batch_execute("savepoint walshift_insert"),
+        client.execute_raw(insert, params.iter().map(|p| p as &dyn ToSql)),
+        client.batch_execute("release savepoint walshift_insert"),
+    );
+    saved?;
+    match inserted {
+        Ok(_) => released.map(|()| true),
+        Err(e) if e.as_db_error().is_some_and(|db| db.code().code() == "23505") => {
+            client
+                .batch_execute(
+                    "rollback to savepoint walshift_insert; release savepoint walshift_insert",
+                )
+                .await?;
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 /// Rows in PostgreSQL's binary `COPY` format: a header, then per row the
 /// field count and each field as a length and the bytes as received (the
 /// text of text-mode columns is also their binary format), -1 for NULL.
@@ -270,19 +298,10 @@ impl Writer {
     }
 
     async fn write_upserts(&mut self, t: TableIdx, rows: &[&[Datum]]) -> Result<(), WriteError> {
-        self.upsert_with(StatementKey::Upsert(t), t, rows).await
-    }
-
-    async fn upsert_with(
-        &mut self,
-        statement: StatementKey,
-        t: TableIdx,
-        rows: &[&[Datum]],
-    ) -> Result<(), WriteError> {
         let plan = Arc::clone(&self.plan);
         let tp = &plan.tables[t];
         let key = key_of(tp, rows[0]);
-        self.execute(statement, "upsert into", t, &[rows], &[tp.inputs.len()], &key)
+        self.execute(StatementKey::Upsert(t), "upsert into", t, &[rows], &[tp.inputs.len()], &key)
             .await
             .map(|_| ())
     }
@@ -336,27 +355,13 @@ impl Writer {
             .statement(StatementKey::ChunkInsert(t))
             .await
             .map_err(|e| describe("insert into", e))?;
-        let client = &self.client;
-        let (saved, inserted, released) = tokio::join!(
-            client.batch_execute("savepoint walshift_insert"),
-            client.execute(&insert, &[]),
-            client.batch_execute("release savepoint walshift_insert"),
-        );
-        saved.map_err(|e| describe("insert into", e))?;
-        match inserted {
-            Ok(_) => released.map_err(|e| describe("insert into", e)),
-            Err(e) if e.as_db_error().is_some_and(|db| db.code().code() == "23505") => {
-                client
-                    .batch_execute(
-                        "rollback to savepoint walshift_insert; release savepoint walshift_insert",
-                    )
-                    .await
-                    .map_err(|e| describe("insert into", e))?;
-                client.execute(&upsert, &[]).await.map_err(|e| describe("upsert into", e))?;
-                Ok(())
-            }
-            Err(e) => Err(describe("insert into", e)),
+        let inserted = insert_in_savepoint(&self.client, &insert, &[])
+            .await
+            .map_err(|e| describe("insert into", e))?;
+        if !inserted {
+            self.client.execute(&upsert, &[]).await.map_err(|e| describe("upsert into", e))?;
         }
+        Ok(())
     }
 
     /// Plain multi-row INSERT of rows new to the target, inside a savepoint:
@@ -364,62 +369,23 @@ impl Writer {
     /// or one a backfill chunk copied), the insert is rolled back to the
     /// savepoint and the rows are written as upserts instead.
     async fn write_inserts(&mut self, t: TableIdx, rows: &[&[Datum]]) -> Result<(), WriteError> {
-        self.insert_with(StatementKey::Insert(t), StatementKey::Upsert(t), t, rows).await
-    }
-
-    async fn insert_with(
-        &mut self,
-        insert: StatementKey,
-        upsert: StatementKey,
-        t: TableIdx,
-        rows: &[&[Datum]],
-    ) -> Result<(), WriteError> {
         let plan = Arc::clone(&self.plan);
         let tp = &plan.tables[t];
         let key = key_of(tp, rows[0]);
-        let statement = match self.statement(insert).await {
-            Ok(s) => s,
-            Err(source) => {
-                return Err(WriteError {
-                    op: "insert into",
-                    table: tp.target.readable(),
-                    rows: rows_label(tp, rows.len(), &key),
-                    source,
-                });
-            }
-        };
-        let params: Vec<ColumnParam<'_>> =
-            (0..tp.inputs.len()).map(|c| ColumnParam::new(rows, c)).collect();
-        let client = &self.client;
-        // Pipelined: savepoint, insert and release go out together.
-        let (saved, inserted, released) = tokio::join!(
-            client.batch_execute("savepoint walshift_insert"),
-            client.execute_raw(&statement, params.iter().map(|p| p as &dyn ToSql)),
-            client.batch_execute("release savepoint walshift_insert"),
-        );
         let describe = |source| WriteError {
             op: "insert into",
             table: tp.target.readable(),
             rows: rows_label(tp, rows.len(), &key),
             source,
         };
-        saved.map_err(describe)?;
-        match inserted {
-            Ok(_) => released.map_err(describe),
-            Err(e) if e.as_db_error().is_some_and(|db| db.code().code() == "23505") => {
-                client
-                    .batch_execute("rollback to savepoint walshift_insert")
-                    .await
-                    .map_err(describe)?;
-                client
-                    .batch_execute("release savepoint walshift_insert")
-                    .await
-                    .map_err(describe)?;
-                tracing::debug!(table = %tp.target.readable(), "insert found existing keys; upserting");
-                self.upsert_with(upsert, t, rows).await
-            }
-            Err(e) => Err(describe(e)),
+        let statement = self.statement(StatementKey::Insert(t)).await.map_err(describe)?;
+        let params: Vec<ColumnParam<'_>> =
+            (0..tp.inputs.len()).map(|c| ColumnParam::new(rows, c)).collect();
+        if insert_in_savepoint(&self.client, &statement, &params).await.map_err(describe)? {
+            return Ok(());
         }
+        tracing::debug!(table = %tp.target.readable(), "insert found existing keys; upserting");
+        self.write_upserts(t, rows).await
     }
 
     /// Updates rows in place by old key, leaving `untouched` outputs alone.

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio_postgres::Client;
 
-use crate::support::cli::Walshift;
+use crate::support::cli::{Walshift, expect_exit_2};
 use crate::support::pg::{PgCluster, TestDb, WalshiftObjects};
 use crate::support::shadow::{assert_converges, diff, rows};
 use crate::support::wait::POLL_INTERVAL;
@@ -16,17 +16,6 @@ const WAIT: Duration = Duration::from_secs(60);
 
 // ---------------------------------------------------------------------------
 // helpers
-
-/// Runs `args`, expects exit code 2 and every one of `expected` in stderr.
-async fn expect_exit_2(ws: &Walshift, args: &[&str], expected: &[&str]) -> String {
-    let out = ws.run(args).await;
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(2), "walshift {args:?} should exit 2; stderr:\n{stderr}");
-    for needle in expected {
-        assert!(stderr.contains(needle), "walshift {args:?}: expected {needle:?} in:\n{stderr}");
-    }
-    stderr
-}
 
 /// Asserts that `log` contains every one of `needles`.
 #[track_caller]

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 use walshift::runtime::tasks::spawn_named;
 
-use crate::support::cli::Walshift;
+use crate::support::cli::{Walshift, expect_exit_2};
 use crate::support::pg::{PgCluster, TestDb};
 use crate::support::shadow::{assert_converges, rows};
 use crate::support::wait::wait_until;
@@ -91,15 +91,17 @@ pub(crate) fn status_entry<'s>(
         .unwrap_or_else(|| panic!("no backfill entry for {target_table} in {status}"))
 }
 
-/// Runs `args`, expects exit code 2 and every one of `expected` in stderr.
-async fn expect_exit_2(ws: &Walshift, args: &[&str], expected: &[&str]) -> String {
-    let out = ws.run(args).await;
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(2), "walshift {args:?} should exit 2; stderr:\n{stderr}");
-    for needle in expected {
-        assert!(stderr.contains(needle), "walshift {args:?}: expected {needle:?} in:\n{stderr}");
-    }
-    stderr
+/// A config copying `public.<table>` into `shadow.<table>` (same columns)
+/// with `extra` TOML (e.g. a `[backfill]` section), after `setup`.
+pub(crate) async fn one_table(db: &TestDb<'_>, table: &str, extra: &str) -> Walshift {
+    let ws = Walshift::with_tables(
+        db,
+        None,
+        &format!("[[tables]]\nsource = \"public.{table}\"\ntarget = \"shadow.{table}\"\n"),
+        extra,
+    );
+    ws.run_ok(&["setup"]).await;
+    ws
 }
 
 async fn count(client: &Client, sql: &str) -> i64 {
@@ -428,13 +430,7 @@ async fn an_empty_table_completes_with_zero_rows() {
          create table shadow.nothing (id bigint primary key, v text);",
     )
     .await;
-    let ws = Walshift::with_tables(
-        &db,
-        None,
-        "[[tables]]\nsource = \"public.nothing\"\ntarget = \"shadow.nothing\"\n",
-        "",
-    );
-    ws.run_ok(&["setup"]).await;
+    let ws = one_table(&db, "nothing", "").await;
     let out = ws.run_ok(&["backfill"]).await;
     assert!(out.contains("backfilled shadow.nothing from public.nothing: 0 rows"), "{out}");
     let client = db.client().await;
@@ -483,13 +479,12 @@ async fn rows_all_deleted_during_the_backfill_leave_no_ghosts() {
          create table shadow.doomed (id bigint primary key, v text not null);",
     )
     .await;
-    let ws = Walshift::with_tables(
+    let ws = one_table(
         &db,
-        None,
-        "[[tables]]\nsource = \"public.doomed\"\ntarget = \"shadow.doomed\"\n",
+        "doomed",
         "[backfill]\nchunk_rows_min = 200\nchunk_rows_max = 200\nmax_rows_per_second = 1500\n",
-    );
-    ws.run_ok(&["setup"]).await;
+    )
+    .await;
     let client = db.client().await;
     let run = ws.spawn_run();
     wait_progress(&client, "shadow.doomed", "copying", WAIT, |p| p.rows_copied >= 600).await;
@@ -539,13 +534,12 @@ async fn truncate_during_the_backfill_leaves_only_newer_rows() {
          create table shadow.churn (id bigint primary key, v text not null);",
     )
     .await;
-    let ws = Walshift::with_tables(
+    let ws = one_table(
         &db,
-        None,
-        "[[tables]]\nsource = \"public.churn\"\ntarget = \"shadow.churn\"\n",
+        "churn",
         "[backfill]\nchunk_rows_min = 200\nchunk_rows_max = 200\nmax_rows_per_second = 2000\n",
-    );
-    ws.run_ok(&["setup"]).await;
+    )
+    .await;
     let client = db.client().await;
     let run = ws.spawn_run();
     wait_progress(&client, "shadow.churn", "copying", WAIT, |p| p.rows_copied >= 1000).await;
@@ -593,13 +587,12 @@ async fn rate_cap_spaces_every_chunk() {
          create table shadow.capped (id bigint primary key, v text not null);",
     )
     .await;
-    let ws = Walshift::with_tables(
+    let ws = one_table(
         &db,
-        None,
-        "[[tables]]\nsource = \"public.capped\"\ntarget = \"shadow.capped\"\n",
+        "capped",
         "[backfill]\nchunk_rows_min = 100\nchunk_rows_max = 100\nmax_rows_per_second = 250\n",
-    );
-    ws.run_ok(&["setup"]).await;
+    )
+    .await;
     let client = db.client().await;
     let run = ws.spawn_run();
     let mut samples: Vec<(Instant, i64)> = Vec::new();
@@ -958,13 +951,12 @@ async fn key_change_with_unchanged_toast_ahead_of_the_cursor_is_not_lost() {
          create table shadow.docs (id bigint primary key, note text, doc text);",
     )
     .await;
-    let ws = Walshift::with_tables(
+    let ws = one_table(
         &db,
-        None,
-        "[[tables]]\nsource = \"public.docs\"\ntarget = \"shadow.docs\"\n",
+        "docs",
         "[backfill]\nchunk_rows_min = 200\nchunk_rows_max = 200\nmax_rows_per_second = 2000\n",
-    );
-    ws.run_ok(&["setup"]).await;
+    )
+    .await;
     let client = db.client().await;
     let run = ws.spawn_run();
     wait_progress(&client, "shadow.docs", "copying", WAIT, |p| p.rows_copied >= 600).await;
@@ -1011,13 +1003,12 @@ async fn key_change_with_unchanged_toast_into_the_next_chunk_is_applied() {
          create table shadow.docs (id bigint primary key, note text, doc text);",
     )
     .await;
-    let ws = Walshift::with_tables(
+    let ws = one_table(
         &db,
-        None,
-        "[[tables]]\nsource = \"public.docs\"\ntarget = \"shadow.docs\"\n",
+        "docs",
         "[backfill]\nchunk_rows_min = 100\nchunk_rows_max = 100\nmax_rows_per_second = 500\n",
-    );
-    ws.run_ok(&["setup"]).await;
+    )
+    .await;
     let client = db.client().await;
     let run = ws.spawn_run();
     let p = wait_progress(&client, "shadow.docs", "copying", WAIT, |p| p.rows_copied >= 300).await;

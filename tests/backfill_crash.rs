@@ -16,7 +16,8 @@ use tokio_postgres::Client;
 use walshift::runtime::tasks::spawn_named;
 
 use crate::backfill::{
-    Progress, WAIT, backfilling_lines, progress, status_json, wait_progress, wait_sessions_gone,
+    Progress, WAIT, backfilling_lines, one_table, progress, status_json, wait_progress,
+    wait_sessions_gone,
 };
 use crate::support::cli::{RunProcess, Walshift};
 use crate::support::pg::{ClusterOptions, PgCluster, TestDb};
@@ -40,13 +41,12 @@ async fn kill_9_mid_backfill_resumes_at_the_last_committed_chunk() {
          create table shadow.quiet (id bigint primary key, v text not null, n int not null);",
     )
     .await;
-    let ws = Walshift::with_tables(
+    let ws = one_table(
         &db,
-        None,
-        "[[tables]]\nsource = \"public.quiet\"\ntarget = \"shadow.quiet\"\n",
+        "quiet",
         "[backfill]\nchunk_rows_min = 1000\nchunk_rows_max = 1000\nmax_rows_per_second = 10000\n",
-    );
-    ws.run_ok(&["setup"]).await;
+    )
+    .await;
     let client = db.client().await;
     let run = ws.spawn_run();
     wait_progress(&client, "shadow.quiet", "copying", WAIT, |p| p.rows_copied >= 12_000).await;
@@ -225,13 +225,12 @@ async fn chunk_rows_and_their_checkpoint_commit_together() {
          create table shadow.quiet (id bigint primary key, v text not null);",
     )
     .await;
-    let ws = Walshift::with_tables(
+    let ws = one_table(
         &db,
-        None,
-        "[[tables]]\nsource = \"public.quiet\"\ntarget = \"shadow.quiet\"\n",
+        "quiet",
         "[backfill]\nchunk_rows_min = 500\nchunk_rows_max = 500\nmax_rows_per_second = 2000\n",
-    );
-    ws.run_ok(&["setup"]).await;
+    )
+    .await;
     let client = db.client().await;
     let locker = db.client().await;
     let run = ws.spawn_run();
@@ -273,13 +272,7 @@ async fn stream_rows_and_their_applied_position_commit_together() {
          create table shadow.t (id bigint primary key, v text not null);",
     )
     .await;
-    let ws = Walshift::with_tables(
-        &db,
-        None,
-        "[[tables]]\nsource = \"public.t\"\ntarget = \"shadow.t\"\n",
-        "",
-    );
-    ws.run_ok(&["setup"]).await;
+    let ws = one_table(&db, "t", "").await;
     let client = db.client().await;
     let locker = db.client().await;
     let run = ws.spawn_run();

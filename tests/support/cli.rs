@@ -270,6 +270,17 @@ impl Walshift {
     }
 }
 
+/// Runs `args`, expects exit code 2 and every one of `expected` in stderr.
+pub async fn expect_exit_2(ws: &Walshift, args: &[&str], expected: &[&str]) -> String {
+    let out = ws.run(args).await;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "walshift {args:?} should exit 2; stderr:\n{stderr}");
+    for needle in expected {
+        assert!(stderr.contains(needle), "walshift {args:?}: expected {needle:?} in:\n{stderr}");
+    }
+    stderr
+}
+
 /// A running `walshift run`.
 pub struct RunProcess {
     child: Child,

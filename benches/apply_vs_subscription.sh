@@ -145,19 +145,6 @@ native_enable() { NATIVE_LAST_START="$(now_s)"; native enable; }
 
 src_lsn() { psql_at "$SRC_PORT" -d postgres -Atc 'select pg_current_wal_insert_lsn()'; }
 
-# tup_counts: "inserted updated deleted" on the source, once pgbench's
-# backends are gone and their statistics flushed (two equal reads).
-tup_counts() {
-    local q="select n_tup_ins || ' ' || n_tup_upd || ' ' || n_tup_del from pg_stat_user_tables where relname = 'usage_events'"
-    local a b
-    while [ "$(psql_at "$SRC_PORT" -d postgres -Atc "select count(*) from pg_stat_activity where application_name = 'pgbench'")" != 0 ]; do
-        sleep 0.1
-    done
-    a="$(psql_at "$SRC_PORT" -d postgres -Atc "$q")"
-    while sleep 0.3; b="$(psql_at "$SRC_PORT" -d postgres -Atc "$q")"; [ "$a" != "$b" ]; do a="$b"; done
-    echo "$b"
-}
-
 # run_load NAME PGBENCH-ARGS...: pgbench on the source; sets CHANGES (row
 # changes it made) and MIX; fails if any transaction failed.
 run_load() {

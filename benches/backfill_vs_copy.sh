@@ -417,19 +417,6 @@ fi
 
 # --- lag under load ----------------------------------------------------------
 
-# tup_counts: "inserted updated deleted" on the source, once pgbench's
-# backends are gone and their statistics flushed (two equal reads).
-tup_counts() {
-    local q="select n_tup_ins || ' ' || n_tup_upd || ' ' || n_tup_del from pg_stat_user_tables where relid = 'public.usage_events'::regclass"
-    local a b
-    while [ "$(psql_at "$SRC_PORT" -d postgres -Atc "select count(*) from pg_stat_activity where application_name = 'pgbench'")" != 0 ]; do
-        sleep 0.1
-    done
-    a="$(psql_at "$SRC_PORT" -d postgres -Atc "$q")"
-    while sleep 0.3; b="$(psql_at "$SRC_PORT" -d postgres -Atc "$q")"; [ "$a" != "$b" ]; do a="$b"; done
-    echo "$b"
-}
-
 LAG_RESULT=""
 LAG_PASS=""
 if want lag; then

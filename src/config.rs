@@ -95,6 +95,24 @@ pub const DEFAULT_MAX_LAG_SECONDS: u64 = 30;
 pub const DEFAULT_PARALLELISM: u32 = 2;
 /// Upper bound of `backfill.parallelism`.
 pub const MAX_PARALLELISM: u32 = 64;
+/// Whether `walshift run` verifies the copy periodically.
+pub const DEFAULT_VERIFY_ENABLED: bool = true;
+/// Seconds between the starts of two verification passes inside `run`.
+pub const DEFAULT_VERIFY_INTERVAL_SECONDS: u64 = 60;
+/// Seconds between full passes; the passes in between re-check only the
+/// keys the stream changed (incremental).
+pub const DEFAULT_VERIFY_FULL_PASS_INTERVAL_SECONDS: u64 = 3_600;
+/// Smallest verification chunk.
+pub const DEFAULT_VERIFY_CHUNK_ROWS_MIN: u32 = 1_000;
+/// Largest verification chunk: a chunk is hashed by each server, so rows do
+/// not cross the network; its size only bounds how long one statement runs.
+pub const DEFAULT_VERIFY_CHUNK_ROWS_MAX: u32 = 200_000;
+/// The verification chunk size adapts so one chunk takes about this long.
+pub const DEFAULT_VERIFY_TARGET_CHUNK_MS: u64 = 500;
+/// Verification waits while replication lag exceeds this.
+pub const DEFAULT_VERIFY_MAX_LAG_SECONDS: u64 = 10;
+/// Differences kept (stored, printed) per table and pass; all are counted.
+pub const DEFAULT_VERIFY_MAX_DIFFERENCES: u32 = 1_000;
 /// Prometheus endpoint address.
 pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9187";
 /// Log line format.
@@ -127,6 +145,9 @@ pub struct Config {
     /// `[backfill]`
     #[serde(default)]
     pub backfill: BackfillConfig,
+    /// `[verify]`
+    #[serde(default)]
+    pub verify: VerifyConfig,
     /// `[redis]`
     #[serde(default)]
     pub redis: RedisConfig,
@@ -281,6 +302,86 @@ impl Default for BackfillConfig {
             parallelism: DEFAULT_PARALLELISM,
         }
     }
+}
+
+/// `[verify]`: comparing `transform(source)` with the target.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyConfig {
+    /// See [`DEFAULT_VERIFY_ENABLED`].
+    #[serde(default = "default_verify_enabled")]
+    pub enabled: bool,
+    /// See [`DEFAULT_VERIFY_INTERVAL_SECONDS`].
+    #[serde(default = "default_verify_interval_seconds")]
+    pub interval_seconds: u64,
+    /// See [`DEFAULT_VERIFY_FULL_PASS_INTERVAL_SECONDS`].
+    #[serde(default = "default_verify_full_pass_interval_seconds")]
+    pub full_pass_interval_seconds: u64,
+    /// See [`DEFAULT_VERIFY_CHUNK_ROWS_MIN`].
+    #[serde(default = "default_verify_chunk_rows_min")]
+    pub chunk_rows_min: u32,
+    /// See [`DEFAULT_VERIFY_CHUNK_ROWS_MAX`].
+    #[serde(default = "default_verify_chunk_rows_max")]
+    pub chunk_rows_max: u32,
+    /// See [`DEFAULT_VERIFY_TARGET_CHUNK_MS`].
+    #[serde(default = "default_verify_target_chunk_ms")]
+    pub target_chunk_ms: u64,
+    /// See [`DEFAULT_VERIFY_MAX_LAG_SECONDS`].
+    #[serde(default = "default_verify_max_lag_seconds")]
+    pub max_lag_seconds: u64,
+    /// Rate limit of rows hashed per second and side; none by default.
+    #[serde(default)]
+    pub max_rows_per_second: Option<u32>,
+    /// Whether `walshift run` repairs confirmed differences itself (between
+    /// its transactions, like the backfill); off by default: differences
+    /// are reported for an operator to look at.
+    #[serde(default)]
+    pub repair: bool,
+    /// See [`DEFAULT_VERIFY_MAX_DIFFERENCES`].
+    #[serde(default = "default_verify_max_differences")]
+    pub max_differences: u32,
+}
+
+impl Default for VerifyConfig {
+    fn default() -> Self {
+        Self {
+            enabled: DEFAULT_VERIFY_ENABLED,
+            interval_seconds: DEFAULT_VERIFY_INTERVAL_SECONDS,
+            full_pass_interval_seconds: DEFAULT_VERIFY_FULL_PASS_INTERVAL_SECONDS,
+            chunk_rows_min: DEFAULT_VERIFY_CHUNK_ROWS_MIN,
+            chunk_rows_max: DEFAULT_VERIFY_CHUNK_ROWS_MAX,
+            target_chunk_ms: DEFAULT_VERIFY_TARGET_CHUNK_MS,
+            max_lag_seconds: DEFAULT_VERIFY_MAX_LAG_SECONDS,
+            max_rows_per_second: None,
+            repair: false,
+            max_differences: DEFAULT_VERIFY_MAX_DIFFERENCES,
+        }
+    }
+}
+
+fn default_verify_enabled() -> bool {
+    DEFAULT_VERIFY_ENABLED
+}
+fn default_verify_interval_seconds() -> u64 {
+    DEFAULT_VERIFY_INTERVAL_SECONDS
+}
+fn default_verify_full_pass_interval_seconds() -> u64 {
+    DEFAULT_VERIFY_FULL_PASS_INTERVAL_SECONDS
+}
+fn default_verify_chunk_rows_min() -> u32 {
+    DEFAULT_VERIFY_CHUNK_ROWS_MIN
+}
+fn default_verify_chunk_rows_max() -> u32 {
+    DEFAULT_VERIFY_CHUNK_ROWS_MAX
+}
+fn default_verify_target_chunk_ms() -> u64 {
+    DEFAULT_VERIFY_TARGET_CHUNK_MS
+}
+fn default_verify_max_lag_seconds() -> u64 {
+    DEFAULT_VERIFY_MAX_LAG_SECONDS
+}
+fn default_verify_max_differences() -> u32 {
+    DEFAULT_VERIFY_MAX_DIFFERENCES
 }
 
 /// `[redis]`: where traffic weights are published.
@@ -454,6 +555,8 @@ pub struct ValidatedConfig {
     pub apply: ApplySettings,
     /// `[backfill]`.
     pub backfill: BackfillSettings,
+    /// `[verify]`.
+    pub verify: VerifySettings,
     /// `[redis]`.
     pub redis: RedisSettings,
     /// `[metrics]`.
@@ -531,6 +634,31 @@ pub struct BackfillSettings {
     /// Target connections writing parts of each chunk at once
     /// (1..=[`MAX_PARALLELISM`]).
     pub parallelism: u32,
+}
+
+/// `[verify]`, resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifySettings {
+    /// Whether `run` verifies periodically.
+    pub enabled: bool,
+    /// Between the starts of two passes inside `run` (> 0).
+    pub interval: Duration,
+    /// Between full passes (>= `interval`).
+    pub full_pass_interval: Duration,
+    /// Smallest chunk (> 0).
+    pub chunk_rows_min: u32,
+    /// Largest chunk (>= `chunk_rows_min`).
+    pub chunk_rows_max: u32,
+    /// Chunk duration the size adapts toward.
+    pub target_chunk: Duration,
+    /// Verification waits while replication lag exceeds this.
+    pub max_lag: Duration,
+    /// Optional rate limit (> 0).
+    pub max_rows_per_second: Option<u32>,
+    /// Whether `run` repairs confirmed differences.
+    pub repair: bool,
+    /// Differences kept per table and pass (> 0).
+    pub max_differences: u32,
 }
 
 /// `[redis]`, resolved.
@@ -738,8 +866,18 @@ impl Config {
         self,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<ValidatedConfig, ConfigError> {
-        let Config { migration, source, target, tables, apply, backfill, redis, metrics, log } =
-            self;
+        let Config {
+            migration,
+            source,
+            target,
+            tables,
+            apply,
+            backfill,
+            verify,
+            redis,
+            metrics,
+            log,
+        } = self;
 
         let name = migration.name;
         if name.is_empty()
@@ -858,6 +996,46 @@ impl Config {
             parallelism: backfill.parallelism,
         };
 
+        // [verify]
+        positive("verify.interval_seconds", verify.interval_seconds)?;
+        positive("verify.full_pass_interval_seconds", verify.full_pass_interval_seconds)?;
+        if verify.full_pass_interval_seconds < verify.interval_seconds {
+            return Err(ConfigError::invalid(
+                "verify.full_pass_interval_seconds",
+                format!(
+                    "must be >= verify.interval_seconds ({}), got {}",
+                    verify.interval_seconds, verify.full_pass_interval_seconds
+                ),
+            ));
+        }
+        positive("verify.chunk_rows_min", verify.chunk_rows_min.into())?;
+        positive("verify.chunk_rows_max", verify.chunk_rows_max.into())?;
+        if verify.chunk_rows_max < verify.chunk_rows_min {
+            return Err(ConfigError::invalid(
+                "verify.chunk_rows_max",
+                format!(
+                    "must be >= verify.chunk_rows_min ({}), got {}",
+                    verify.chunk_rows_min, verify.chunk_rows_max
+                ),
+            ));
+        }
+        positive("verify.target_chunk_ms", verify.target_chunk_ms)?;
+        positive("verify.max_lag_seconds", verify.max_lag_seconds)?;
+        positive_opt("verify.max_rows_per_second", verify.max_rows_per_second.map(u64::from))?;
+        positive("verify.max_differences", verify.max_differences.into())?;
+        let verify = VerifySettings {
+            enabled: verify.enabled,
+            interval: Duration::from_secs(verify.interval_seconds),
+            full_pass_interval: Duration::from_secs(verify.full_pass_interval_seconds),
+            chunk_rows_min: verify.chunk_rows_min,
+            chunk_rows_max: verify.chunk_rows_max,
+            target_chunk: Duration::from_millis(verify.target_chunk_ms),
+            max_lag: Duration::from_secs(verify.max_lag_seconds),
+            max_rows_per_second: verify.max_rows_per_second,
+            repair: verify.repair,
+            max_differences: verify.max_differences,
+        };
+
         // [redis]
         if let Some(url) = &redis.url {
             let text = url.expose().trim();
@@ -912,6 +1090,7 @@ impl Config {
             tables: validated,
             apply,
             backfill,
+            verify,
             redis,
             metrics: MetricsSettings { listen },
             log,
@@ -1543,7 +1722,7 @@ target = "shadow.a"
             (
                 "surprise = 1\n",
                 "test.toml:1:1: surprise: unknown field `surprise`, expected one of `migration`, \
-                 `source`, `target`, `tables`, `apply`, `backfill`, `redis`, `metrics`, `log`",
+                 `source`, `target`, `tables`, `apply`, `backfill`, `verify`, `redis`, `metrics`, `log`",
             ),
             (
                 &format!("{MINIMAL}[backfill]\nchunk_rows = 5\n"),

@@ -43,5 +43,6 @@ pub mod lsn;
 pub mod pg;
 pub mod replication;
 pub mod runtime;
+pub mod state;
 pub mod telemetry;
 pub mod transform;

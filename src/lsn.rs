@@ -27,6 +27,13 @@ impl fmt::Display for Lsn {
     }
 }
 
+impl serde::Serialize for Lsn {
+    /// As Postgres prints it (`16/B374D848`).
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
 /// Why a string is not an LSN.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error(

@@ -42,6 +42,7 @@
 //!   the key and the LSN, with every transaction before it applied.
 
 pub mod batch;
+pub mod between;
 pub mod params;
 pub mod statements;
 pub mod writer;
@@ -54,8 +55,8 @@ use tokio::sync::{mpsc, watch};
 use tokio_postgres::types::PgLsn;
 
 use crate::apply::batch::{PendingOps, Pushed};
+use crate::apply::between::{BetweenCtx, BetweenTxns, Step, WorkError};
 use crate::apply::writer::{WriteError, Writer};
-use crate::backfill::{Backfill, BackfillError, Chunk, ChunkWrite, Gate};
 use crate::change::StreamItem;
 use crate::lsn::Lsn;
 use crate::pg::client::{self, SqlErrorKind};
@@ -72,10 +73,6 @@ const FINAL_FLUSH_WAIT: Duration = Duration::from_secs(5);
 
 /// Interval of the `applied` progress log line.
 const PROGRESS_LOG_INTERVAL: Duration = Duration::from_secs(10);
-
-/// Longest run of back-to-back backfill chunks before the applier looks at
-/// its timers (durability polling) again.
-const BACKFILL_ROUND_MAX: Duration = Duration::from_secs(5);
 
 /// Pending bytes that force a flush whatever the row count, so a batch of
 /// huge rows (large TOAST values) stays bounded in memory.
@@ -152,9 +149,9 @@ pub enum ApplyError {
     /// The reader broke the item protocol (a bug, not a server problem).
     #[error("apply protocol violation: {0}")]
     Protocol(&'static str),
-    /// The backfill failed.
+    /// Work between transactions (backfill, repair) failed.
     #[error(transparent)]
-    Backfill(#[from] BackfillError),
+    Work(#[from] WorkError),
 }
 
 /// What the supervisor should do after an [`ApplyError`].
@@ -195,8 +192,8 @@ impl ApplyError {
                 SqlErrorKind::Transient => ApplyErrorClass::Transient,
                 _ => ApplyErrorClass::Fatal,
             },
-            ApplyError::Backfill(e) if e.is_transient() => ApplyErrorClass::Transient,
-            ApplyError::MissingToast { .. } | ApplyError::Protocol(_) | ApplyError::Backfill(_) => {
+            ApplyError::Work(e) if e.transient => ApplyErrorClass::Transient,
+            ApplyError::MissingToast { .. } | ApplyError::Protocol(_) | ApplyError::Work(_) => {
                 ApplyErrorClass::Fatal
             }
         }
@@ -275,14 +272,14 @@ pub struct Applier {
     durable_tx: watch::Sender<Lsn>,
     stats: ApplyStats,
     last_log: Instant,
-    backfill: Option<Backfill>,
-    /// More target connections writing parts of a backfill chunk at once
-    /// (`backfill.parallelism` - 1).
-    extra_writers: Vec<Writer>,
+    /// Work run between transactions (see [`between`]).
+    work: Vec<Box<dyn BetweenTxns>>,
+    /// End of the last source transaction committed on the target.
+    applied: Lsn,
     /// Source commit time of the last applied transaction.
     last_commit_time: Option<SystemTime>,
-    /// A backfill round ran and the stream has not had its turn since:
-    /// what it queued meanwhile is applied before the next chunk.
+    /// A worker did work and the stream has not had its turn since: what
+    /// it queued meanwhile is applied before the next step.
     stream_turn: bool,
 }
 
@@ -320,8 +317,8 @@ impl Applier {
             durable_tx,
             stats: ApplyStats::default(),
             last_log: Instant::now(),
-            backfill: None,
-            extra_writers: Vec::new(),
+            work: Vec::new(),
+            applied: checkpoint,
             last_commit_time: None,
             stream_turn: false,
         };
@@ -333,23 +330,11 @@ impl Applier {
         Ok(applier)
     }
 
-    /// Runs `backfill` between this applier's transactions; `writers` are
-    /// extra target sessions that write parts of each chunk at the same
-    /// time (each is switched to `synchronous_commit = off`).
-    pub async fn with_backfill(
-        mut self,
-        backfill: Backfill,
-        writers: Vec<(tokio_postgres::Client, tokio_postgres::Client)>,
-    ) -> Result<Self, ApplyError> {
-        for (target, source) in writers {
-            target
-                .batch_execute("set synchronous_commit = off")
-                .await
-                .map_err(ApplyError::sql("configuring a backfill writer session"))?;
-            self.extra_writers.push(Writer::new(target, source, Arc::clone(&self.plan)));
-        }
-        self.backfill = Some(backfill);
-        Ok(self)
+    /// Adds work to run between this applier's transactions, in the order
+    /// added.
+    pub fn with_work(mut self, work: Box<dyn BetweenTxns>) -> Self {
+        self.work.push(work);
+        self
     }
 
     async fn wal_positions(&self) -> Result<(u64, u64), ApplyError> {
@@ -380,10 +365,10 @@ impl Applier {
         mut rx: mpsc::Receiver<Vec<StreamItem>>,
         mut shutdown: Shutdown,
     ) -> Result<ApplyStats, ApplyError> {
-        let mut backfill_wake = None;
+        let mut work_wake = None;
         loop {
             if self.txn.is_none() && self.batch.is_none() {
-                backfill_wake = self.backfill_step(&rx, &shutdown).await?;
+                work_wake = self.between_step(&rx, &shutdown).await?;
             }
             let deadline = match (&self.batch, self.txn) {
                 (Some(b), None) => Some(b.started + self.options.batch_max_wait),
@@ -402,7 +387,7 @@ impl Applier {
                     self.release(flush);
                     continue;
                 }
-                () = sleep_until_opt(backfill_wake), if self.batch.is_none() => continue,
+                () = sleep_until_opt(work_wake), if self.batch.is_none() => continue,
                 () = shutdown.wait() => None,
             };
             let Some(chunk) = chunk else { break };
@@ -460,8 +445,8 @@ impl Applier {
     async fn apply_item(&mut self, item: StreamItem) -> Result<(), ApplyError> {
         match item {
             StreamItem::Begin { final_lsn, xid } => {
-                if let Some(backfill) = &mut self.backfill {
-                    backfill.note_applied(xid);
+                for w in &mut self.work {
+                    w.begin(xid, final_lsn);
                 }
                 if self.txn.is_some() {
                     return Err(ApplyError::Protocol("begin inside a transaction"));
@@ -494,6 +479,9 @@ impl Applier {
                 if let Some(b) = &mut self.batch {
                     b.changes += 1;
                 }
+                for w in &mut self.work {
+                    w.change(&change);
+                }
                 let pushed = self
                     .pending
                     .push(&self.plan, change)
@@ -522,6 +510,9 @@ impl Applier {
                 self.flush().await?;
                 let tables: Vec<usize> =
                     tables.into_iter().filter(|&t| self.plan.tables[t].truncate).collect();
+                for w in &mut self.work {
+                    w.truncate(&tables);
+                }
                 if !tables.is_empty() {
                     if let Err(e) = self.writer.truncate(&tables).await {
                         return Err(self.write_error(e));
@@ -570,7 +561,7 @@ impl Applier {
         self.flush().await?;
         let save = self
             .writer
-            .prepared(statements::SAVE_PROGRESS)
+            .prepared(crate::state::progress::SAVE)
             .await
             .map_err(ApplyError::sql("saving the applied position"))?;
         let client = self.writer.client();
@@ -599,6 +590,7 @@ impl Applier {
             row.try_get(1).map_err(ApplyError::sql("reading the target's WAL position"))?;
         self.batch = None;
         self.stream_turn = false;
+        self.applied = end_lsn;
         self.last_commit_time = commit_time.or(self.last_commit_time);
         self.stats.commits += 1;
         self.stats.transactions += transactions;
@@ -622,21 +614,20 @@ impl Applier {
 }
 
 impl Applier {
-    /// Between two target transactions: copies backfill chunks if the gate
-    /// allows; returns when to look again (the rate cap), if it must wait.
-    async fn backfill_step(
+    /// Between two target transactions: runs each worker's step; returns
+    /// when to look again (a rate cap), if one must wait.
+    async fn between_step(
         &mut self,
         rx: &mpsc::Receiver<Vec<StreamItem>>,
         shutdown: &Shutdown,
     ) -> Result<Option<Instant>, ApplyError> {
-        let Some(backfill) = &mut self.backfill else { return Ok(None) };
-        if shutdown.is_triggered() {
+        if self.work.is_empty() || shutdown.is_triggered() {
             return Ok(None);
         }
         if rx.is_empty() {
             self.stream_turn = false;
         } else if self.stream_turn {
-            // Chunks and stream batches alternate while changes arrive, so
+            // Work and stream batches alternate while changes arrive, so
             // the stream is never more than about a round behind.
             return Ok(None);
         }
@@ -644,261 +635,27 @@ impl Applier {
         // everything received; otherwise the next transaction committed
         // after the last one applied, so its age is at most this.
         let lag = if rx.is_empty() {
-            Duration::ZERO
+            Some(Duration::ZERO)
         } else {
-            match self.last_commit_time {
-                Some(t) => SystemTime::now().duration_since(t).unwrap_or_default(),
-                // Nothing applied yet in this session: apply first.
-                None => return Ok(None),
-            }
+            self.last_commit_time.map(|t| SystemTime::now().duration_since(t).unwrap_or_default())
         };
-        let now = Instant::now();
-        match backfill.gate(lag, now) {
-            Gate::Idle => Ok(None),
-            Gate::WaitUntil(at) => Ok(Some(at)),
-            Gate::Paused(reason) => {
-                if let Some((write, reason)) = backfill.set_paused(Some(&reason)) {
-                    self.store_pause(&write, reason).await?;
-                }
-                Ok(None)
-            }
-            Gate::Go => {
-                if let Some((write, reason)) = backfill.set_paused(None) {
-                    self.store_pause(&write, reason).await?;
-                }
-                self.copy_round(rx, shutdown).await?;
-                self.stream_turn = true;
-                Ok(Some(Instant::now()))
-            }
-        }
-    }
-
-    async fn store_pause(
-        &self,
-        write: &ChunkWrite,
-        reason: Option<String>,
-    ) -> Result<(), ApplyError> {
-        self.writer
-            .client()
-            .execute(
-                crate::backfill::progress::PAUSE,
-                &[&write.migration, &write.source_table, &write.target_table, &reason],
-            )
-            .await
-            .map_err(ApplyError::sql("recording a backfill pause"))?;
-        Ok(())
-    }
-
-    /// Copies chunks back to back while the stream has nothing waiting
-    /// (reading the next chunk while writing one), at most
-    /// [`BACKFILL_ROUND_MAX`]; one chunk otherwise.
-    async fn copy_round(
-        &mut self,
-        rx: &mpsc::Receiver<Vec<StreamItem>>,
-        shutdown: &Shutdown,
-    ) -> Result<(), ApplyError> {
-        let Applier { writer, backfill, extra_writers, .. } = self;
-        let Some(backfill) = backfill else { return Ok(()) };
-        let started = Instant::now();
-        let mut next = backfill.read_next().await?;
-        while let Some(chunk) = next.take() {
-            let write = backfill.chunk_write(&chunk);
-            let now = Instant::now();
-            let ahead = rx.is_empty()
-                && !shutdown.is_triggered()
-                && now.duration_since(started) < BACKFILL_ROUND_MAX
-                && backfill.may_read_ahead(&chunk, now);
-            let write_started = Instant::now();
-            let mut writers: Vec<&mut Writer> = Vec::with_capacity(1 + extra_writers.len());
-            writers.push(&mut *writer);
-            writers.extend(extra_writers.iter_mut());
-            let (written, read) = if ahead {
-                let (w, r) =
-                    tokio::join!(write_chunk(&mut writers, &write, &chunk), backfill.read_next());
-                (w, Some(r))
-            } else {
-                (write_chunk(&mut writers, &write, &chunk).await, None)
-            };
-            tracing::debug!(
-                rows = chunk.rows.len(),
-                read_ms = chunk.read_time.as_millis() as u64,
-                write_ms = write_started.elapsed().as_millis() as u64,
-                ahead,
-                "backfill chunk"
-            );
-            match written {
-                Ok(()) => backfill.committed(&chunk, chunk.read_started.elapsed()),
-                Err(ChunkError::ForeignKey(source)) => {
-                    if let Some(Ok(Some(ahead))) = &read {
-                        backfill.forget(ahead);
+        let mut wake: Option<Instant> = None;
+        for w in &mut self.work {
+            let ctx = BetweenCtx::new(&mut self.writer, self.applied, lag, shutdown, rx);
+            match w.step(ctx).await? {
+                Step::Idle => {}
+                Step::WaitUntil(at) => wake = Some(wake.map_or(at, |w| w.min(at))),
+                Step::Worked => {
+                    self.stream_turn = true;
+                    wake = Some(Instant::now());
+                    if !rx.is_empty() {
+                        break;
                     }
-                    backfill.retry_later(&chunk, source)?;
-                    return Ok(());
-                }
-                Err(ChunkError::Other(source)) => {
-                    return Err(BackfillError::Write {
-                        table: write.target_table,
-                        after: write.after,
-                        source,
-                    }
-                    .into());
                 }
             }
-            if let Some(read) = read {
-                next = read?;
-            }
         }
-        Ok(())
+        Ok(wake)
     }
-}
-
-/// Why a chunk was not written.
-enum ChunkError {
-    /// A foreign key found a parent row missing: the chunk's snapshot is
-    /// newer than the applied position, and the stream brings the parent.
-    ForeignKey(tokio_postgres::Error),
-    /// Anything else.
-    Other(tokio_postgres::Error),
-}
-
-/// Smallest part of a chunk worth its own connection.
-const MIN_PART_ROWS: usize = 2000;
-
-fn classify_chunk_error(e: tokio_postgres::Error) -> ChunkError {
-    if e.as_db_error().is_some_and(|db| db.code().code() == "23503") {
-        ChunkError::ForeignKey(e)
-    } else {
-        ChunkError::Other(e)
-    }
-}
-
-/// Writes one backfill chunk and its checkpoint. New keys are inserted; a
-/// key the target already has is overwritten with the chunk's version,
-/// which is at least as new (see `docs/backfill.md`).
-///
-/// With more than one writer, the chunk is cut into consecutive key ranges
-/// written at the same time, one target transaction per range, all at the
-/// applier's current position. Constraints are checked before anything
-/// commits; then the ranges commit in key order, each advancing the
-/// checkpoint to its own last key, so a crash between two commits resumes
-/// exactly after the last committed range. A foreign key between rows of
-/// different ranges (a table referencing itself) cannot be checked that
-/// way: the chunk is then written again through one connection.
-async fn write_chunk(
-    writers: &mut [&mut Writer],
-    write: &ChunkWrite,
-    chunk: &Chunk,
-) -> Result<(), ChunkError> {
-    let parts = writers.len().min(chunk.rows.len() / MIN_PART_ROWS).max(1);
-    match write_parts(&mut writers[..parts], write, chunk).await {
-        Err(ChunkError::ForeignKey(_)) if parts > 1 => {
-            tracing::debug!(table = %write.target_table, "foreign key across parts; writing the chunk whole");
-            write_parts(&mut writers[..1], write, chunk).await
-        }
-        other => other,
-    }
-}
-
-async fn write_parts(
-    writers: &mut [&mut Writer],
-    write: &ChunkWrite,
-    chunk: &Chunk,
-) -> Result<(), ChunkError> {
-    let parts = writers.len();
-    let rows: Vec<&[crate::change::Datum]> = chunk.rows.iter().map(Vec::as_slice).collect();
-    let per = rows.len().div_ceil(parts).max(1);
-    let slices: Vec<&[&[crate::change::Datum]]> =
-        if rows.is_empty() { vec![&rows[..]] } else { rows.chunks(per).collect() };
-    // Phase 1: every range written (and, when split, checked) in its own
-    // open transaction, at the same time.
-    let writes = writers.iter_mut().zip(&slices).map(|(writer, part)| async move {
-        writer
-            .client()
-            .batch_execute("begin; set constraints all deferred")
-            .await
-            .map_err(classify_chunk_error)?;
-        let result = async {
-            if !part.is_empty() {
-                writer
-                    .write_chunk_rows(chunk.table, part, write.overwrite)
-                    .await
-                    .map_err(|e| classify_chunk_error(e.source))?;
-            }
-            if parts > 1 {
-                writer
-                    .client()
-                    .batch_execute("set constraints all immediate")
-                    .await
-                    .map_err(classify_chunk_error)?;
-            }
-            Ok(())
-        }
-        .await;
-        if result.is_err() {
-            let _ = writer.client().batch_execute("rollback").await;
-        }
-        result
-    });
-    let results = futures_util::future::join_all(writes).await;
-    if let Some(failed) = results.iter().position(Result::is_err) {
-        for (writer, result) in writers.iter_mut().zip(&results) {
-            if result.is_ok() {
-                let _ = writer.client().batch_execute("rollback").await;
-            }
-        }
-        return results.into_iter().nth(failed).unwrap_or(Ok(()));
-    }
-    // Phase 2: commit in key order, each with its checkpoint.
-    let count = slices.len();
-    for (i, (writer, part)) in writers.iter_mut().zip(&slices).enumerate() {
-        let last = i + 1 == count;
-        let last_key = if last {
-            chunk.last_key.clone()
-        } else {
-            part.last().map(|row| crate::backfill::key_text(chunk.table, writer.plan(), row))
-        };
-        let complete = last && chunk.complete;
-        let rows_in_part = part.len() as i64;
-        let save = match writer.prepared(crate::backfill::progress::SAVE).await {
-            Ok(save) => save,
-            Err(e) => {
-                for other in writers.iter_mut().skip(i) {
-                    let _ = other.client().batch_execute("rollback").await;
-                }
-                return Err(ChunkError::Other(e));
-            }
-        };
-        let client = writer.client();
-        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] = [
-            &write.migration,
-            &write.source_table,
-            &write.target_table,
-            &last_key,
-            &rows_in_part,
-            &chunk.started_at,
-            &complete,
-        ];
-        let (saved, committed) =
-            tokio::join!(client.execute(&save, &params), client.batch_execute("commit"),);
-        let outcome = match (saved, committed) {
-            // A failed save aborts the transaction, and its COMMIT rolls back.
-            (Err(e), _) => Err(ChunkError::Other(e)),
-            (Ok(_), Err(e)) => Err(classify_chunk_error(e)),
-            (Ok(_), Ok(())) => Ok(()),
-        };
-        if let Err(e) = outcome {
-            for later in writers.iter_mut().skip(i + 1) {
-                let _ = later.client().batch_execute("rollback").await;
-            }
-            // Earlier ranges are committed: only a restart of the session
-            // (which reloads the checkpoint) may follow.
-            return Err(match e {
-                ChunkError::ForeignKey(e) if i > 0 => ChunkError::Other(e),
-                other => other,
-            });
-        }
-    }
-    Ok(())
 }
 
 /// WAL page size and the sizes of the page headers (`XLOG_BLCKSZ`,

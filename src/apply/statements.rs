@@ -386,14 +386,6 @@ pub fn truncate<'a>(plans: impl Iterator<Item = &'a TablePlan>) -> String {
     format!("truncate {}", names.join(", "))
 }
 
-/// Records the applied position; runs in every apply transaction.
-pub const SAVE_PROGRESS: &str = "insert into walshift.progress (migration, applied_lsn, updated_at) \
-     values ($1, $2, now()) on conflict (migration) do update \
-     set applied_lsn = excluded.applied_lsn, updated_at = excluded.updated_at";
-
-/// Reads the applied position.
-pub const LOAD_PROGRESS: &str = "select applied_lsn from walshift.progress where migration = $1";
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -36,7 +36,7 @@
 
 pub mod keyset;
 pub mod pace;
-pub mod progress;
+pub mod step;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -49,6 +49,7 @@ use tokio_postgres::types::{FromSql, ToSql, Type};
 use tokio_postgres::{Client, Statement};
 
 use crate::backfill::keyset::{SNAPSHOT_QUERY, Snapshot};
+use crate::state::backfill as progress;
 use crate::backfill::pace::Pace;
 use crate::change::{Datum, Row, TableIdx};
 use crate::pg::client;

@@ -7,7 +7,8 @@ use std::io::{IsTerminal, Write};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::backfill::{BackfillBoard, TableStatus, progress};
+use crate::backfill::{BackfillBoard, TableStatus};
+use crate::state::backfill as progress;
 use crate::commands::run::{self, RunOptions, RunSummary};
 use crate::config::ValidatedConfig;
 use crate::error::Error;

@@ -6,12 +6,14 @@
 //! - [`client`]: tokio-postgres clients with a role-tagged `application_name`.
 //! - [`sql`]: identifier quoting; the only place SQL identifiers are spliced.
 //! - [`catalog`]: introspection of the source (tables, keys, slots, publications).
-//! - [`migrate`]: walshift's own state schema on the target.
+//! - [`migrate`]: re-export of [`crate::state::schema`].
 
 pub mod catalog;
 pub mod client;
 pub mod conninfo;
-pub mod migrate;
 pub mod secret;
 pub mod sql;
 pub mod tls;
+
+/// walshift's state schema migrations (moved to [`crate::state::schema`]).
+pub use crate::state::schema as migrate;

@@ -14,6 +14,7 @@ pub const STATE_SCHEMA: &str = "walshift";
 const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "state", include_str!("../../sql/0001_state.sql")),
     (2, "backfill", include_str!("../../sql/0002_backfill.sql")),
+    (3, "verify", include_str!("../../sql/0003_verify.sql")),
 ];
 
 /// Advisory lock key serializing migrations ("walshift" in ASCII, truncated).

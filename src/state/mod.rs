@@ -1,0 +1,18 @@
+//! walshift's state schema on the target (`walshift.*`): every read and
+//! write of it goes through this module, so what is stored, and in which
+//! transaction, can be checked in one place.
+//!
+//! | table | written | by |
+//! |---|---|---|
+//! | `migrations` | `setup` | [`schema`] |
+//! | `progress` | every apply commit, same transaction as its rows | [`progress`] |
+//! | `backfill` | every backfill chunk, same transaction as its rows | [`backfill`] |
+//! | `verify_tables`, `verify_differences` | each verification chunk and pass | [`verify`] |
+//!
+//! The schema itself is created and upgraded by [`schema`] from the
+//! append-only files under `sql/`.
+
+pub mod backfill;
+pub mod progress;
+pub mod schema;
+pub mod verify;

@@ -43,8 +43,12 @@ pub enum Command {
     /// `run` does) in the foreground, with a progress bar on a terminal;
     /// exits once the tables are copied.
     Backfill(BackfillArgs),
+    /// Compare transform(source) with the target, row for row, in a full
+    /// pass (read-only; works while `run` streams). Exits 0 when everything
+    /// matches, 1 when differences remain.
+    Verify(VerifyArgs),
     /// Show where the migration stands: applied position, slot, backfill
-    /// progress per table.
+    /// progress and the last verification per table.
     Status(StatusArgs),
     /// Print decoded changes from the slot as JSON lines.
     Tail(TailArgs),
@@ -73,6 +77,25 @@ pub struct BackfillArgs {
     /// target has. `walshift run` must be stopped.
     #[arg(long, requires = "tables")]
     pub restart: bool,
+}
+
+/// Arguments of `verify`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct VerifyArgs {
+    /// Only this table (source or target name; repeatable). Default: every
+    /// mapped table.
+    #[arg(long = "table", value_name = "TABLE")]
+    pub tables: Vec<String>,
+
+    /// Print one JSON document (see docs/verify.md) instead of text.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Re-copy the differing keys from the source, then verify them again.
+    /// Refused while `walshift run` streams (it repairs by itself with
+    /// `[verify] repair = true`).
+    #[arg(long)]
+    pub repair: bool,
 }
 
 /// Arguments of `status`.

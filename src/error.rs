@@ -3,7 +3,8 @@
 //! Each layer has its own error type; this one wraps them and decides the
 //! exit code: `2` for anything the operator must fix in the input or the
 //! environment before retrying (bad config, failed set-up checks, missing
-//! slot), `1` for runtime failures, `130` when interrupted.
+//! slot), `1` for runtime failures (including internal ones: a panicked
+//! task), `130` when interrupted.
 
 use std::fmt;
 
@@ -113,6 +114,13 @@ pub enum Error {
     /// The async runtime could not start.
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
+    /// The demo's throwaway cluster could not start.
+    #[error(transparent)]
+    DemoCluster(#[from] crate::demo::cluster::ClusterError),
+    /// An internal failure: a bug in walshift, not in its input (e.g. a task
+    /// panicked).
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl Error {
@@ -122,13 +130,38 @@ impl Error {
         move |source| Error::Sql { context, source }
     }
 
+    /// An [`Error::Internal`] for a task that did not return: its panic
+    /// message, or that it was cancelled.
+    pub fn task_failed(what: &str, join: tokio::task::JoinError) -> Error {
+        let how = if join.is_cancelled() {
+            "was cancelled".to_owned()
+        } else {
+            match join.try_into_panic() {
+                Ok(payload) => {
+                    let message = payload
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_owned())
+                        .or_else(|| payload.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "a non-string payload".to_owned());
+                    format!("panicked: {message}")
+                }
+                Err(join) => format!("failed: {join}"),
+            }
+        };
+        Error::Internal(format!("the {what} task {how} (a bug: please report it)"))
+    }
+
     /// The exit code this error maps to.
     pub fn exit_code(&self) -> ExitCode {
+        use crate::demo::cluster::ClusterError;
         match self {
             Error::Config(_)
             | Error::Checks(_)
             | Error::Precondition(_)
-            | Error::ConfirmationRequired => ExitCode::BadInput,
+            | Error::ConfirmationRequired
+            | Error::DemoCluster(ClusterError::NoBinaries | ClusterError::NoPostgresUser) => {
+                ExitCode::BadInput
+            }
             _ => ExitCode::Failure,
         }
     }
@@ -148,4 +181,48 @@ pub fn display_chain(err: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_errors_are_failures() {
+        let err = Error::Internal("the reader task panicked: boom".into());
+        assert_eq!(err.exit_code(), ExitCode::Failure);
+        assert_eq!(err.to_string(), "internal error: the reader task panicked: boom");
+    }
+
+    #[test]
+    fn demo_cluster_errors_are_bad_input_only_without_binaries_or_user() {
+        use crate::demo::cluster::ClusterError;
+        assert_eq!(Error::from(ClusterError::NoBinaries).exit_code(), ExitCode::BadInput);
+        assert_eq!(Error::from(ClusterError::NoPostgresUser).exit_code(), ExitCode::BadInput);
+        let step = ClusterError::Step { step: "initdb", detail: "no space left on device".into() };
+        assert_eq!(Error::from(step).exit_code(), ExitCode::Failure);
+    }
+
+    #[tokio::test]
+    async fn task_failed_carries_the_panic_message() {
+        let panicked = crate::runtime::tasks::spawn_named("test-panic", async {
+            panic!("boom {}", 42);
+        });
+        let err = Error::task_failed("applier", panicked.await.unwrap_err());
+        assert_eq!(err.exit_code(), ExitCode::Failure);
+        let text = err.to_string();
+        assert!(text.contains("the applier task panicked: boom 42"), "{text}");
+
+        let literal = crate::runtime::tasks::spawn_named("test-panic", async {
+            panic!("literal");
+        });
+        let text = Error::task_failed("reader", literal.await.unwrap_err()).to_string();
+        assert!(text.contains("the reader task panicked: literal"), "{text}");
+
+        let pending =
+            crate::runtime::tasks::spawn_named("test-pending", std::future::pending::<()>());
+        pending.abort();
+        let text = Error::task_failed("reader", pending.await.unwrap_err()).to_string();
+        assert!(text.contains("the reader task was cancelled"), "{text}");
+    }
 }

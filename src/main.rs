@@ -123,6 +123,24 @@ fn try_main(cli: Cli) -> Result<error::ExitCode, Error> {
                     Ok(error::ExitCode::Interrupted)
                 }
             }
+            Command::Verify(args) => {
+                let shutdown = shutdown::on_signals();
+                let outcome =
+                    commands::verify::run(&cfg, &args.tables, args.repair, shutdown).await?;
+                let mut stdout = std::io::stdout();
+                if args.json {
+                    let text = serde_json::to_string_pretty(&outcome)
+                        .map_err(|e| Error::Internal(format!("cannot render the report: {e}")))?;
+                    println!("{text}");
+                } else {
+                    commands::verify::render(&outcome, &mut stdout).map_err(Error::Output)?;
+                }
+                Ok(match outcome.result {
+                    _ if !outcome.complete => error::ExitCode::Interrupted,
+                    walshift::state::verify::PassResult::Clean => error::ExitCode::Success,
+                    _ => error::ExitCode::Failure,
+                })
+            }
             Command::Status(args) => {
                 let status = commands::status::read(&cfg).await?;
                 let mut stdout = std::io::stdout();

@@ -47,6 +47,64 @@ async fn setup_is_idempotent_and_teardown_needs_yes() {
     expect_bad_input(&ws, &["tail"], "run `walshift setup` first").await;
 }
 
+/// The state schema is shared by every migration on the target and is
+/// dropped only when no other migration is registered in it: when the other
+/// migrations cannot be counted, `teardown --yes` exits 1 and drops nothing
+/// (not guessing "none" and dropping the schema with everyone's state).
+#[tokio::test]
+async fn teardown_drops_nothing_when_the_other_migrations_cannot_be_counted() {
+    let db = TestDb::new(PgCluster::shared()).await;
+    db.execute("create table t (id int primary key)").await;
+    let ws = Walshift::for_db(&db, &[("public.t", "shadow.t")], "").await;
+    ws.run_ok(&["setup"]).await;
+    assert_eq!(db.walshift_objects().await, WalshiftObjects::EVERYTHING);
+
+    // The target as a role that can read the state schema except its
+    // migrations table (not a superuser: those bypass privileges).
+    let role = format!("{}_target", db.name());
+    let password = "target-secret";
+    db.execute(&format!(
+        "create role {role} login password '{password}'; \
+         grant usage on schema walshift to {role}; \
+         grant select on all tables in schema walshift to {role}; \
+         revoke select on walshift.migrations from {role};"
+    ))
+    .await;
+    let target_url = db.url_as(&role, password);
+    let restricted = Walshift::with_tables(
+        &db,
+        Some(&target_url),
+        "[[tables]]\nsource = \"public.t\"\ntarget = \"shadow.t\"\n",
+        "",
+    );
+    let out = restricted.run(&["teardown", "--yes"]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "stdout: {stdout}\nstderr: {stderr}");
+    for expected in [
+        "nothing was dropped",
+        "counting the other migrations in schema walshift",
+        "permission denied for table migrations",
+    ] {
+        assert!(stderr.contains(expected), "expected {expected:?} in:\n{stderr}");
+    }
+    assert!(!stdout.contains("dropped"), "{stdout}");
+    assert_eq!(db.walshift_objects().await, WalshiftObjects::EVERYTHING, "nothing was dropped");
+    let registered: i64 = db
+        .client()
+        .await
+        .query_one("select count(*) from walshift.migrations where name = 'test'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(registered, 1, "the migration's own state is still there");
+
+    db.execute(&format!("drop owned by {role}; drop role {role};")).await;
+    // With the count readable again, teardown drops everything.
+    ws.run_ok(&["teardown", "--yes"]).await;
+    assert_eq!(db.walshift_objects().await, WalshiftObjects::NOTHING);
+}
+
 #[tokio::test]
 async fn bad_config_files_exit_2() {
     let db = TestDb::new(PgCluster::shared()).await;

@@ -58,6 +58,7 @@ use crate::apply::batch::{PendingOps, Pushed};
 use crate::apply::between::{BetweenCtx, BetweenTxns, Step, WorkError};
 use crate::apply::writer::{WriteError, Writer};
 use crate::change::StreamItem;
+use crate::lag::Lag;
 use crate::lsn::Lsn;
 use crate::pg::client::{self, SqlErrorKind};
 use crate::runtime::shutdown::Shutdown;
@@ -276,11 +277,11 @@ pub struct Applier {
     work: Vec<Box<dyn BetweenTxns>>,
     /// End of the last source transaction committed on the target.
     applied: Lsn,
-    /// Source commit time of the last applied transaction.
-    last_commit_time: Option<SystemTime>,
     /// A worker did work and the stream has not had its turn since: what
     /// it queued meanwhile is applied before the next step.
     stream_turn: bool,
+    /// Where the lag is computed (shared with pacing and status).
+    lag: Arc<Lag>,
 }
 
 impl std::fmt::Debug for Applier {
@@ -319,8 +320,8 @@ impl Applier {
             last_log: Instant::now(),
             work: Vec::new(),
             applied: checkpoint,
-            last_commit_time: None,
             stream_turn: false,
+            lag: Arc::new(Lag::default()),
         };
         // The checkpoint may itself be an unflushed asynchronous commit of a
         // previous run: it only counts as durable once the WAL is flushed.
@@ -328,6 +329,14 @@ impl Applier {
         applier.durability.committed(flushable_position(insert), checkpoint);
         applier.release(flush);
         Ok(applier)
+    }
+
+    /// Reports lag into `lag` (shared with whoever reads it) instead of a
+    /// private one.
+    pub fn with_lag(mut self, lag: Arc<Lag>) -> Self {
+        lag.applied(self.applied, None);
+        self.lag = lag;
+        self
     }
 
     /// Adds work to run between this applier's transactions, in the order
@@ -591,7 +600,7 @@ impl Applier {
         self.batch = None;
         self.stream_turn = false;
         self.applied = end_lsn;
-        self.last_commit_time = commit_time.or(self.last_commit_time);
+        self.lag.applied(end_lsn, commit_time);
         self.stats.commits += 1;
         self.stats.transactions += transactions;
         self.stats.changes += changes as u64;
@@ -621,6 +630,7 @@ impl Applier {
         rx: &mpsc::Receiver<Vec<StreamItem>>,
         shutdown: &Shutdown,
     ) -> Result<Option<Instant>, ApplyError> {
+        self.lag.waiting(!rx.is_empty());
         if self.work.is_empty() || shutdown.is_triggered() {
             return Ok(None);
         }
@@ -631,14 +641,7 @@ impl Applier {
             // the stream is never more than about a round behind.
             return Ok(None);
         }
-        // Lag as the stream sees it: nothing waiting means caught up with
-        // everything received; otherwise the next transaction committed
-        // after the last one applied, so its age is at most this.
-        let lag = if rx.is_empty() {
-            Some(Duration::ZERO)
-        } else {
-            self.last_commit_time.map(|t| SystemTime::now().duration_since(t).unwrap_or_default())
-        };
+        let lag = self.lag.current();
         let mut wake: Option<Instant> = None;
         for w in &mut self.work {
             let ctx = BetweenCtx::new(&mut self.writer, self.applied, lag, shutdown, rx);

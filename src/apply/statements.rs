@@ -32,89 +32,8 @@ use std::fmt::Write as _;
 
 use crate::pg::sql::Ident;
 use crate::transform::TablePlan;
-
-/// `u.c0::bigint as "id", ...` for the inputs, plus old-key columns when
-/// `old_key` is set (`u.k0::bigint as "?old0"`), and the unnest source.
-/// Inputs marked in `binary` arrive as an array of their own type
-/// (`$1::bigint[]`, no cast); the others as `text[]`.
-fn input_cte(plan: &TablePlan, old_key: bool, rows: &RowSource<'_>) -> String {
-    let binary = match rows {
-        RowSource::Arrays(binary) | RowSource::Stage { binary, .. } => *binary,
-    };
-    let mut cols = String::new();
-    let mut arrays = String::new();
-    let mut names = String::new();
-    let mut param = 0;
-    let mut srfs = String::new();
-    let mut add = |cols: &mut String,
-                   arrays: &mut String,
-                   names: &mut String,
-                   ty: &str,
-                   typed: bool,
-                   alias: &str,
-                   tag: &str| {
-        param += 1;
-        if param > 1 {
-            cols.push_str(", ");
-            arrays.push_str(", ");
-            names.push_str(", ");
-            srfs.push_str(", ");
-        }
-        if typed {
-            let _ = write!(cols, "u.{tag} as {alias}");
-            let _ = write!(arrays, "${param}::{ty}[]");
-            let _ = write!(srfs, "unnest(${param}::{ty}[]) as {tag}");
-        } else {
-            let _ = write!(cols, "u.{tag}::{ty} as {alias}");
-            let _ = write!(arrays, "${param}::text[]");
-            let _ = write!(srfs, "unnest(${param}::text[]) as {tag}");
-        }
-        names.push_str(tag);
-    };
-    for (i, input) in plan.inputs.iter().enumerate() {
-        add(
-            &mut cols,
-            &mut arrays,
-            &mut names,
-            &input.cast_type,
-            binary.get(i).copied().unwrap_or(false),
-            &input.name.to_string(),
-            &format!("c{i}"),
-        );
-    }
-    if old_key {
-        // The row's position in the parameters, returned for rows updated.
-        cols.push_str(", u.n as \"?walshift_n\"");
-        for (j, &k) in plan.key_inputs.iter().enumerate() {
-            let input = &plan.inputs[k];
-            add(
-                &mut cols,
-                &mut arrays,
-                &mut names,
-                &input.cast_type,
-                false,
-                &old_alias(j).to_string(),
-                &format!("k{j}"),
-            );
-        }
-    }
-    if old_key {
-        format!("s as (select {cols} from unnest({arrays}) with ordinality as u({names}, n))")
-    } else {
-        // One unnest per array in the select list (a ProjectSet, which
-        // streams in lockstep) rather than `from unnest(a, b, ...)`, which
-        // materializes every array in a tuplestore first: measured about
-        // 10% faster with text arrays, 15% with typed ones.
-        match rows {
-            RowSource::Arrays(_) => format!("s as (select {cols} from (select {srfs}) as u)"),
-            RowSource::Stage { table, .. } => format!("s as (select {cols} from {table} as u)"),
-        }
-    }
-}
-
-fn old_alias(j: usize) -> Ident {
-    Ident::new(format!("?walshift_old_{j}"))
-}
+pub use crate::transform::sql::RowSource;
+use crate::transform::sql::{input_cte, old_alias, output_exprs};
 
 fn value_alias(o: usize) -> Ident {
     Ident::new(format!("?walshift_v_{o}"))
@@ -137,22 +56,6 @@ fn key_match(plan: &TablePlan, x: &str, old: bool) -> String {
 
 fn filter_expr(plan: &TablePlan) -> Option<String> {
     plan.filter.as_ref().map(|f| format!("coalesce(({}), false)", f.expr))
-}
-
-/// Where the rows of a multi-row statement come from.
-#[derive(Debug, Clone, Copy)]
-pub enum RowSource<'a> {
-    /// One array parameter per input: a typed array for the inputs marked
-    /// `true`, a `text[]` (cast to the input's type) for the others.
-    Arrays(&'a [bool]),
-    /// A staging table (see [`stage_table`]) with one column `c<i>` per
-    /// input, typed for the inputs marked `true`, `text` for the others.
-    Stage {
-        /// The staging table, quoted.
-        table: &'a str,
-        /// Which inputs are typed.
-        binary: &'a [bool],
-    },
 }
 
 /// `pg_temp."walshift_stage_<i>"`: the staging table of plan table `i`.
@@ -201,7 +104,7 @@ pub fn upsert_with(plan: &TablePlan, rows: &RowSource<'_>) -> String {
         );
     }
     let columns: Vec<String> = plan.outputs.iter().map(|o| o.column.to_string()).collect();
-    let exprs: Vec<String> = plan.outputs.iter().map(|o| format!("({})", o.expr)).collect();
+    let exprs = output_exprs(plan);
     let _ = write!(
         sql,
         " insert into {target} as t ({}) select {} from s",
@@ -238,7 +141,7 @@ pub fn insert(plan: &TablePlan) -> String {
 /// [`insert`] with rows from `rows`.
 pub fn insert_with(plan: &TablePlan, rows: &RowSource<'_>) -> String {
     let columns: Vec<String> = plan.outputs.iter().map(|o| o.column.to_string()).collect();
-    let exprs: Vec<String> = plan.outputs.iter().map(|o| format!("({})", o.expr)).collect();
+    let exprs = output_exprs(plan);
     let mut sql = format!(
         "with {} insert into {} as t ({}) select {} from s",
         input_cte(plan, false, rows),

@@ -306,6 +306,29 @@ impl Writer {
             .map(|_| ())
     }
 
+    /// Repairs rows of table `t` inside the open transaction (see
+    /// `docs/verify.md`): deletes the keys in `gone` (absent from the
+    /// source; key input order), then upserts `rows` (current source rows,
+    /// every input as text; a row that fails the filter is deleted).
+    pub async fn repair(
+        &mut self,
+        t: TableIdx,
+        rows: &[Vec<Datum>],
+        gone: &[Vec<Datum>],
+    ) -> Result<(), WriteError> {
+        let width = self.plan.tables[t].key_inputs.len();
+        if let Some(first) = gone.first() {
+            let keys: Vec<&[Datum]> = gone.iter().map(Vec::as_slice).collect();
+            self.execute(StatementKey::Delete(t), "delete from", t, &[&keys], &[width], first)
+                .await?;
+        }
+        if !rows.is_empty() {
+            let refs: Vec<&[Datum]> = rows.iter().map(Vec::as_slice).collect();
+            self.write_upserts(t, &refs).await?;
+        }
+        Ok(())
+    }
+
     /// Writes a backfill chunk's rows (read by `backfill`, some inputs in
     /// binary) inside the open transaction: `COPY … (FORMAT binary)` into
     /// the session's staging table (temporary, no index, emptied at

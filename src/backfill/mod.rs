@@ -49,10 +49,10 @@ use tokio_postgres::types::{FromSql, ToSql, Type};
 use tokio_postgres::{Client, Statement};
 
 use crate::backfill::keyset::{SNAPSHOT_QUERY, Snapshot};
-use crate::state::backfill as progress;
 use crate::backfill::pace::Pace;
 use crate::change::{Datum, Row, TableIdx};
 use crate::pg::client;
+use crate::state::backfill as progress;
 use crate::telemetry::metrics as m;
 use crate::transform::Plan;
 

@@ -318,4 +318,3 @@ async fn write_parts(
     }
     Ok(())
 }
-

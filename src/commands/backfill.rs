@@ -8,13 +8,13 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::backfill::{BackfillBoard, TableStatus};
-use crate::state::backfill as progress;
 use crate::commands::run::{self, RunOptions, RunSummary};
 use crate::config::ValidatedConfig;
 use crate::error::Error;
 use crate::pg::client::{self, SessionLimits};
 use crate::runtime::shutdown::Shutdown;
 use crate::runtime::tasks::spawn_named;
+use crate::state::backfill as progress;
 
 /// Redraw interval of the progress bar.
 const BAR_INTERVAL: Duration = Duration::from_millis(250);

@@ -7,3 +7,4 @@ pub mod setup;
 pub mod status;
 pub mod tail;
 pub mod teardown;
+pub mod verify;

@@ -20,13 +20,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
-use tokio_postgres::types::PgLsn;
 
-use crate::apply::{self, Applier, ApplierOptions, ApplyError, ApplyErrorClass, ApplyStats};
-use crate::backfill::{Backfill, BackfillBoard, BackfillOptions, progress};
+use crate::apply::between::WorkError;
+use crate::apply::{Applier, ApplierOptions, ApplyError, ApplyErrorClass, ApplyStats};
+use crate::backfill::step::BackfillWork;
+use crate::backfill::{Backfill, BackfillBoard, BackfillOptions};
 use crate::change::TableIdx;
 use crate::config::ValidatedConfig;
 use crate::error::{self, CheckFailure, CheckFailures, Error};
+use crate::lag::Lag;
 use crate::lsn::Lsn;
 use crate::pg::client::{self, SessionLimits};
 use crate::pg::{catalog, migrate};
@@ -35,7 +37,11 @@ use crate::replication::stream::{LogicalStream, StreamOptions};
 use crate::runtime::shutdown;
 use crate::runtime::shutdown::Shutdown;
 use crate::runtime::tasks::spawn_named;
+use crate::state::backfill as progress;
 use crate::transform::Plan;
+use crate::verify::hook::{RepairQueue, RepairRequest, VerifyHook};
+use crate::verify::periodic::Periodic;
+use crate::verify::{self, dirty, dirty::DirtyKeys};
 
 /// First reconnect delay; doubles up to `source.reconnect_max_backoff_ms`.
 const INITIAL_BACKOFF: Duration = Duration::from_millis(250);
@@ -242,6 +248,63 @@ pub async fn run_with(
         slot = %cfg.source.slot,
         "mapping compiled; starting to apply"
     );
+    // Shared by every session and the verification loop.
+    let shared = Shared::new(cfg, &plan, options.until_backfilled);
+    let verify_task = shared.dirty.as_ref().map(|dirty| {
+        let periodic = Periodic {
+            cfg: cfg.clone(),
+            plan: Arc::clone(&plan),
+            board: Arc::clone(&options.board),
+            lag: Arc::clone(&shared.lag),
+            dirty: Arc::clone(dirty),
+            repairs: shared.repair_tx.clone(),
+        };
+        spawn_named("verify", verify::periodic::run(periodic, shutdown.clone()))
+    });
+    let result = sessions(cfg, plan, &backfill, &options, &shared, shutdown).await;
+    if let Some(task) = verify_task {
+        // Verification state is written chunk by chunk: stopping it
+        // anywhere is safe (the next run resumes the pass).
+        task.abort();
+        let _ = task.await;
+    }
+    result
+}
+
+/// What the sessions of one run share with each other and with the
+/// verification loop.
+struct Shared {
+    lag: Arc<Lag>,
+    dirty: Option<Arc<DirtyKeys>>,
+    repair_tx: Option<mpsc::Sender<RepairRequest>>,
+    repair_queue: Option<RepairQueue>,
+}
+
+impl Shared {
+    fn new(cfg: &ValidatedConfig, plan: &Plan, until_backfilled: bool) -> Self {
+        let verify = cfg.verify.enabled && !until_backfilled;
+        let dirty =
+            verify.then(|| Arc::new(DirtyKeys::new(plan.tables.len(), dirty::DEFAULT_CAPACITY)));
+        let (repair_tx, repair_queue) = if verify && cfg.verify.repair {
+            // One request at a time: the loop waits for each.
+            let (tx, rx) = mpsc::channel(1);
+            (Some(tx), Some(Arc::new(std::sync::Mutex::new(rx))))
+        } else {
+            (None, None)
+        };
+        Shared { lag: Arc::new(Lag::default()), dirty, repair_tx, repair_queue }
+    }
+}
+
+/// Runs sessions until shutdown or a fatal error.
+async fn sessions(
+    cfg: &ValidatedConfig,
+    plan: Arc<Plan>,
+    backfill: &BackfillOptions,
+    options: &RunOptions,
+    shared: &Shared,
+    shutdown: Shutdown,
+) -> Result<RunSummary, Error> {
     let mut summary = RunSummary::default();
     let mut strict_through = Lsn::ZERO;
     let mut backoff = INITIAL_BACKOFF;
@@ -250,8 +313,9 @@ pub async fn run_with(
         let session = session(
             cfg,
             Arc::clone(&plan),
-            &backfill,
+            backfill,
             &options.board,
+            shared,
             strict_through,
             shutdown.clone(),
         )
@@ -312,21 +376,6 @@ fn add(total: &mut ApplyStats, stats: ApplyStats) {
     total.commits += stats.commits;
 }
 
-/// Reads the applied position from the target's state schema.
-pub async fn load_checkpoint(
-    client: &tokio_postgres::Client,
-    migration: &str,
-) -> Result<Lsn, tokio_postgres::Error> {
-    let row = client.query_opt(apply::statements::LOAD_PROGRESS, &[&migration]).await?;
-    match row {
-        Some(row) => {
-            let lsn: PgLsn = row.try_get(0)?;
-            Ok(Lsn(u64::from(lsn)))
-        }
-        None => Ok(Lsn::ZERO),
-    }
-}
-
 /// Starts `tables` over: their progress is reset and chunks overwrite.
 async fn restart_tables(
     cfg: &ValidatedConfig,
@@ -373,6 +422,7 @@ async fn session(
     plan: Arc<Plan>,
     backfill: &BackfillOptions,
     board: &Arc<BackfillBoard>,
+    shared: &Shared,
     strict_through: Lsn,
     shutdown: Shutdown,
 ) -> Result<ApplyStats, (ApplyStats, SessionError)> {
@@ -381,7 +431,7 @@ async fn session(
     let target = client::connect(&cfg.target.url, "apply", SessionLimits::APPLY)
         .await
         .map_err(|e| fail(e.into()))?;
-    let checkpoint = load_checkpoint(&target, &cfg.migration_name)
+    let checkpoint = crate::state::progress::load(&target, &cfg.migration_name)
         .await
         .map_err(|e| fail(Error::sql("reading the applied position")(e)))?;
     let (durable_tx, durable_rx) = watch::channel(Lsn::ZERO);
@@ -400,7 +450,7 @@ async fn session(
     let backfill =
         Backfill::start(copier, &target, Arc::clone(&plan), backfill.clone(), Arc::clone(board))
             .await
-            .map_err(|e| (none, SessionError::Apply(e.into())))?;
+            .map_err(|e| (none, SessionError::Apply(WorkError::new(e.is_transient(), e).into())))?;
     let mut writers = Vec::new();
     if backfill.has_work() {
         for _ in 1..cfg.backfill.parallelism {
@@ -416,10 +466,21 @@ async fn session(
     let applier =
         Applier::new(target, source_sql, Arc::clone(&plan), options, checkpoint, durable_tx)
             .await
-            .map_err(|e| (none, SessionError::Apply(e)))?
-            .with_backfill(backfill, writers)
-            .await
             .map_err(|e| (none, SessionError::Apply(e)))?;
+    let backfill_work = BackfillWork::new(backfill, writers, Arc::clone(&plan))
+        .await
+        .map_err(|e| (none, SessionError::Apply(WorkError::new(e.is_transient(), e).into())))?;
+    let mut applier = applier.with_lag(Arc::clone(&shared.lag)).with_work(Box::new(backfill_work));
+    if let Some(dirty) = &shared.dirty {
+        let mut hook = VerifyHook::new(Arc::clone(&plan), Arc::clone(dirty));
+        if let Some(queue) = &shared.repair_queue {
+            let source = client::connect(&cfg.source.url, "repair", SessionLimits::APPLY)
+                .await
+                .map_err(|e| fail(e.into()))?;
+            hook = hook.with_repairs(Arc::clone(queue), source);
+        }
+        applier = applier.with_work(Box::new(hook));
+    }
     let stream_options = StreamOptions {
         slot: cfg.source.slot.clone(),
         publication: cfg.source.publication.clone(),
@@ -436,11 +497,9 @@ async fn session(
     let reader_task = spawn_named("reader", reader.run(shutdown.clone()));
     let applier_task = spawn_named("applier", applier.run(rx, shutdown));
     let (read, applied) = tokio::join!(reader_task, applier_task);
-    let joined = |what: &str| {
-        Error::Precondition(format!("the {what} task ended abnormally (a bug: please report it)"))
-    };
-    let applied = applied.map_err(|_| (none, SessionError::Setup(joined("applier"))))?;
-    let read = read.map_err(|_| (none, SessionError::Setup(joined("reader"))))?;
+    let joined = |what: &str, join| (none, SessionError::Setup(Error::task_failed(what, join)));
+    let applied = applied.map_err(|join| joined("applier", join))?;
+    let read = read.map_err(|join| joined("reader", join))?;
     match (applied, read) {
         (Err(e), _) => Err((none, SessionError::Apply(e))),
         (Ok(stats), Err(e)) => Err((stats, SessionError::Reader(e))),

@@ -143,6 +143,8 @@ async fn inventory(
         .map_err(Error::sql(ctx))?
         .is_some();
     let state_schema = migrate::state_schema_exists(target).await.map_err(Error::sql(ctx))?;
+    // Whether the schema may be dropped depends on this count, so a failure
+    // is an error: guessing 0 would drop every other migration's state.
     let other_migrations = if state_schema {
         target
             .query_one(
@@ -151,7 +153,11 @@ async fn inventory(
             )
             .await
             .and_then(|row| row.try_get(0))
-            .unwrap_or(0)
+            .map_err(Error::sql(format!(
+                "nothing was dropped: counting the other migrations in schema {} on the target \
+                 (it is dropped only when none is left) failed",
+                migrate::STATE_SCHEMA
+            )))?
     } else {
         0
     };

@@ -87,7 +87,8 @@ pub struct DemoOptions {
 pub async fn run(options: DemoOptions, mut interrupt: Shutdown) -> Result<ExitCode, Error> {
     let started = Instant::now();
     eprintln!("walshift demo: starting a throwaway PostgreSQL cluster ...");
-    let cluster = LocalCluster::start().map_err(|e| Error::Precondition(e.to_string()))?;
+    // Missing binaries (or `postgres` user) exit 2; a failed start exits 1.
+    let cluster = LocalCluster::start()?;
     eprintln!("  cluster on 127.0.0.1:{} in {}", cluster.port(), cluster.dir().display());
     let result = run_on(&cluster, options, &mut interrupt, started).await;
     cluster.stop();
@@ -150,14 +151,15 @@ async fn run_on(
     let deadline = tokio::time::Instant::now() + options.duration;
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let mut interrupted = false;
-    let mut apply_ended = false;
+    // `run`'s outcome when it ended by itself before the demo stopped it.
+    let mut apply_ended = None;
     let mut backfilled = board.subscribe_done();
     loop {
         tokio::select! {
             _ = tokio::time::sleep_until(deadline), if *backfilled.borrow() => break,
             _ = backfilled.changed(), if !*backfilled.borrow() => {}
             _ = interrupt.wait() => { interrupted = true; break }
-            _ = &mut apply_task => { apply_ended = true; break }
+            ended = &mut apply_task => { apply_ended = Some(ended); break }
             _ = tick.tick() => progress(&db, &cfg.source.slot, &written, &board).await,
         }
     }
@@ -168,7 +170,7 @@ async fn run_on(
 
     // Wait until every shadow table equals transform(source).
     let mut converged = None;
-    if !interrupted && !apply_ended {
+    if !interrupted && apply_ended.is_none() {
         let until = tokio::time::Instant::now() + Duration::from_secs(60);
         while tokio::time::Instant::now() < until {
             let diffs = differences(&db).await?;
@@ -185,14 +187,18 @@ async fn run_on(
     }
     let lag = slot_lag(&db, &cfg.source.slot).await;
     stop_apply_tx.trigger();
-    let summary = if apply_ended {
-        return Err(Error::Precondition("walshift run stopped during the demo".into()));
-    } else {
-        match apply_task.await {
+    let summary = match apply_ended {
+        // Its own error says why (and keeps its exit code).
+        Some(Ok(Err(error))) => return Err(error),
+        Some(Ok(Ok(_))) => {
+            return Err(Error::Internal("walshift run stopped during the demo".into()));
+        }
+        Some(Err(join)) => return Err(Error::task_failed("demo run", join)),
+        None => match apply_task.await {
             Ok(Ok(summary)) => summary,
             Ok(Err(error)) => return Err(error),
-            Err(join) => return Err(Error::Precondition(format!("demo run task failed: {join}"))),
-        }
+            Err(join) => return Err(Error::task_failed("demo run", join)),
+        },
     };
     eprintln!();
     eprintln!("summary:");
@@ -221,7 +227,7 @@ async fn run_on(
     }
     let Some(tables) = converged else {
         let diffs = differences(&db).await?;
-        return Err(Error::Precondition(format!(
+        return Err(Error::Internal(format!(
             "demo check failed: the shadow tables did not converge to transform(source) within 60 s: {diffs:?}"
         )));
     };

@@ -464,26 +464,6 @@ pub async fn finish_pass(
     Ok(())
 }
 
-/// A table whose last full pass is not clean cannot count an incremental
-/// pass as clean: marks the clean full pass as gone (a full pass that found
-/// differences, or a repair that changed rows).
-pub async fn forget_clean(
-    client: &Client,
-    migration: &str,
-    target_table: &str,
-    runner: Runner,
-) -> Result<(), tokio_postgres::Error> {
-    client
-        .execute(
-            "update walshift.verify_tables set last_clean_full_at = null, \
-             last_clean_full_lsn = null, last_clean_at = null, last_clean_lsn = null \
-             where migration = $1 and target_table = $2 and runner = $3",
-            &[&migration, &target_table, &runner.as_str()],
-        )
-        .await?;
-    Ok(())
-}
-
 /// Stores differences (replacing what was stored for the same keys).
 pub async fn record_differences(
     client: &Client,
@@ -521,39 +501,45 @@ pub async fn record_differences(
     Ok(())
 }
 
-/// Removes stored differences of `target_table`: those of `keys`, or every
-/// one found before the pass that started `seconds_ago` when `keys` is
-/// `None` (a full pass that finished replaces the list).
+/// Removes the stored differences of `keys` of `target_table` (found
+/// clean again).
 pub async fn clear_differences(
     client: &Client,
     migration: &str,
     target_table: &str,
-    keys: Option<&[Vec<String>]>,
-    seconds_ago: f64,
+    keys: &[Vec<String>],
 ) -> Result<(), tokio_postgres::Error> {
-    match keys {
-        Some(keys) => {
-            for key in keys {
-                client
-                    .execute(
-                        "delete from walshift.verify_differences \
-                         where migration = $1 and target_table = $2 and key = $3",
-                        &[&migration, &target_table, key],
-                    )
-                    .await?;
-            }
-        }
-        None => {
-            client
-                .execute(
-                    "delete from walshift.verify_differences where migration = $1 \
-                     and target_table = $2 \
-                     and found_at < clock_timestamp() - make_interval(secs => $3)",
-                    &[&migration, &target_table, &seconds_ago],
-                )
-                .await?;
-        }
+    if keys.is_empty() {
+        return Ok(());
     }
+    let k = keys.first().map_or(0, Vec::len);
+    // Keys as one text[] per position, compared as arrays.
+    let flat: Vec<String> = keys.iter().flatten().cloned().collect();
+    let width = i32::try_from(k).unwrap_or(i32::MAX);
+    client
+        .execute(
+            "delete from walshift.verify_differences d where d.migration = $1              and d.target_table = $2 and d.key in (select array_agg(v order by o)                  from unnest($3::text[]) with ordinality as u(v, o)                  group by (o - 1) / $4)",
+            &[&migration, &target_table, &flat, &width],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Removes the stored differences of `target_table` found before the pass
+/// in progress of `runner` started (a full pass that reaches its end
+/// replaces the list with what it found).
+pub async fn clear_differences_before_pass(
+    client: &Client,
+    migration: &str,
+    target_table: &str,
+    runner: Runner,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            "delete from walshift.verify_differences d using walshift.verify_tables v              where d.migration = $1 and d.target_table = $2 and v.migration = $1              and v.target_table = $2 and v.runner = $3 and d.found_at < v.pass_started_at",
+            &[&migration, &target_table, &runner.as_str()],
+        )
+        .await?;
     Ok(())
 }
 

@@ -31,8 +31,21 @@ pub const BACKFILL_CHUNK_ROWS: &str = "walshift_backfill_chunk_rows";
 /// row the stream had not applied yet.
 pub const BACKFILL_CHUNK_RETRIES: &str = "walshift_backfill_chunk_retries_total";
 
+/// Source rows compared by verification.
+pub const VERIFY_ROWS: &str = "walshift_verify_rows_total";
+/// Verification chunks checked, by `result` (`match`, `mismatch`).
+pub const VERIFY_CHUNKS: &str = "walshift_verify_chunks_total";
+/// Confirmed differing rows found by the last finished pass.
+pub const VERIFY_MISMATCHED_ROWS: &str = "walshift_verify_mismatched_rows";
+/// Unix time the last clean verification of the table started.
+pub const VERIFY_LAST_CLEAN: &str = "walshift_verify_last_clean_timestamp_seconds";
+/// 1 while a verification pass runs.
+pub const VERIFY_RUNNING: &str = "walshift_verify_running";
+
 /// Label holding the target table (`schema.table`).
 pub const LABEL_TABLE: &str = "table";
+/// Label holding a chunk's verification result (`match`, `mismatch`).
+pub const LABEL_RESULT: &str = "result";
 
 /// Registers help texts and units.
 pub fn describe() {
@@ -65,6 +78,28 @@ pub fn describe() {
         Unit::Count,
         "Backfill chunks read again because a parent row was not applied yet."
     );
+    describe_verify();
+}
+
+/// Registers the verification metrics' help texts.
+fn describe_verify() {
+    describe_counter!(VERIFY_ROWS, Unit::Count, "Source rows compared by verification.");
+    describe_counter!(
+        VERIFY_CHUNKS,
+        Unit::Count,
+        "Verification chunks (key ranges or key batches) checked, by first result."
+    );
+    describe_gauge!(
+        VERIFY_MISMATCHED_ROWS,
+        Unit::Count,
+        "Confirmed differing rows found by the table's last finished verification pass."
+    );
+    describe_gauge!(
+        VERIFY_LAST_CLEAN,
+        Unit::Seconds,
+        "Unix time at which the table's last clean verification pass started."
+    );
+    describe_gauge!(VERIFY_RUNNING, "1 while a verification pass runs.");
 }
 
 /// Serves `/metrics` on `listen` (Prometheus text format).

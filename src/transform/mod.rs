@@ -9,7 +9,9 @@
 //! schema drift is caught: a dropped or retyped input column stops the
 //! stream ([`DriftError`]), an added column is simply not projected.
 
+pub mod compare;
 pub mod plan;
+pub mod sql;
 
 pub use plan::{Plan, TablePlan};
 

@@ -14,3 +14,4 @@ mod harness;
 mod setup;
 mod support;
 mod tail;
+mod verify;

@@ -12,6 +12,7 @@ use crate::config::ValidatedConfig;
 use crate::error::Error;
 use crate::pg::client::{self, SessionLimits};
 use crate::pg::{catalog, migrate};
+use crate::state::verify::{self as store, Difference, Runner, TableVerifyState};
 
 /// One table's backfill, as `status` reports it.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -59,7 +60,17 @@ pub struct Status {
     pub slot_retained_bytes: Option<i64>,
     /// Backfill per table, in copy order.
     pub backfill: Vec<BackfillStatus>,
+    /// Verification per table and runner (`run`: inside `walshift run`;
+    /// `cli`: `walshift verify`).
+    pub verify: Vec<TableVerifyState>,
+    /// Differences stored by the last passes (at most 20 shown).
+    pub differences: Vec<Difference>,
+    /// Differences stored in all.
+    pub differences_total: usize,
 }
+
+/// Differences `status` lists.
+const STATUS_DIFFERENCES: usize = 20;
 
 /// Reads the status.
 pub async fn read(cfg: &ValidatedConfig) -> Result<Status, Error> {
@@ -170,6 +181,25 @@ pub async fn read(cfg: &ValidatedConfig) -> Result<Status, Error> {
             });
         }
     }
+    let has_verify = target
+        .query_one("select to_regclass('walshift.verify_tables') is not null", &[])
+        .await
+        .and_then(|r| r.try_get::<_, bool>(0))
+        .map_err(Error::sql("looking up the verification state"))?;
+    let (verify, mut differences) = if has_verify {
+        (
+            store::load(&target, &cfg.migration_name, None)
+                .await
+                .map_err(Error::sql("reading the verification state"))?,
+            store::differences(&target, &cfg.migration_name, None)
+                .await
+                .map_err(Error::sql("reading the verification differences"))?,
+        )
+    } else {
+        (Vec::new(), Vec::new())
+    };
+    let differences_total = differences.len();
+    differences.truncate(STATUS_DIFFERENCES);
     Ok(Status {
         migration: cfg.migration_name.clone(),
         applied_lsn,
@@ -178,6 +208,9 @@ pub async fn read(cfg: &ValidatedConfig) -> Result<Status, Error> {
         slot_active: slot.as_ref().is_some_and(|s| s.active_pid.is_some()),
         slot_retained_bytes: retained,
         backfill,
+        verify,
+        differences,
+        differences_total,
     })
 }
 
@@ -201,8 +234,74 @@ pub fn render(status: &Status, out: &mut impl Write) -> std::io::Result<()> {
     )?;
     if status.backfill.is_empty() {
         writeln!(out, "backfill: not started")?;
-        return Ok(());
+    } else {
+        render_backfill(status, out)?;
     }
+    render_verify(status, out)
+}
+
+fn render_verify(status: &Status, out: &mut impl Write) -> std::io::Result<()> {
+    if status.verify.iter().all(|v| v.last.is_none() && v.pass.is_none()) {
+        return writeln!(out, "verify: no pass yet");
+    }
+    writeln!(out, "verify")?;
+    for v in &status.verify {
+        if v.last.is_none() && v.pass.is_none() {
+            continue;
+        }
+        let by = match v.runner {
+            Runner::Run => "walshift run",
+            Runner::Cli => "walshift verify",
+        };
+        let mut line = format!("  {} ({by}):", v.target_table);
+        if let Some(last) = &v.last {
+            line.push_str(&format!(
+                " last {} pass {} {} ago: {} rows, {} chunks, {} differences",
+                last.kind.as_str(),
+                last.result.as_str(),
+                human(Duration::from_secs_f64(last.age_seconds.max(0.0))),
+                group(last.counters.rows),
+                group(last.counters.chunks),
+                group(last.counters.differences),
+            ));
+            if last.counters.unconfirmed > 0 {
+                line.push_str(&format!(" ({} unconfirmed)", group(last.counters.unconfirmed)));
+            }
+        }
+        match v.last_clean_age_seconds {
+            Some(age) => line.push_str(&format!(
+                "; last clean {} ago",
+                human(Duration::from_secs_f64(age.max(0.0)))
+            )),
+            None => line.push_str("; never clean"),
+        }
+        if let Some(pass) = &v.pass {
+            line.push_str(&format!(
+                "; {} pass running: {} rows in {} chunks so far",
+                pass.kind.as_str(),
+                group(pass.counters.rows),
+                group(pass.counters.chunks)
+            ));
+        }
+        writeln!(out, "{line}")?;
+    }
+    if !status.differences.is_empty() {
+        writeln!(out, "differences ({} stored)", status.differences_total)?;
+        for d in &status.differences {
+            writeln!(
+                out,
+                "  {} key ({}): {}{}",
+                d.table,
+                d.key.join(", "),
+                d.kind.as_str(),
+                if d.confirmed { "" } else { " (unconfirmed)" }
+            )?;
+        }
+    }
+    Ok(())
+}
+
+fn render_backfill(status: &Status, out: &mut impl Write) -> std::io::Result<()> {
     writeln!(out, "backfill")?;
     for b in &status.backfill {
         let mut line = format!(
@@ -274,6 +373,9 @@ mod tests {
                 chunks: 3,
                 last_key: Some(vec!["500".into()]),
             }],
+            verify: vec![],
+            differences: vec![],
+            differences_total: 0,
         };
         let mut out = Vec::new();
         render(&status, &mut out).unwrap();

@@ -515,7 +515,7 @@ pub async fn clear_differences(
     let k = keys.first().map_or(0, Vec::len);
     // Keys as one text[] per position, compared as arrays.
     let flat: Vec<String> = keys.iter().flatten().cloned().collect();
-    let width = i32::try_from(k).unwrap_or(i32::MAX);
+    let width = i64::try_from(k).unwrap_or(i64::MAX);
     client
         .execute(
             "delete from walshift.verify_differences d where d.migration = $1              and d.target_table = $2 and d.key in (select array_agg(v order by o)                  from unnest($3::text[]) with ordinality as u(v, o)                  group by (o - 1) / $4)",

@@ -8,9 +8,10 @@ use std::collections::BTreeSet;
 use tokio_postgres::Client;
 
 use crate::backfill::WAIT;
-use crate::support::cli::Walshift;
+use crate::support::cli::{Walshift, expect_exit_2};
 use crate::support::pg::{ClusterOptions, PgCluster, TestDb};
 use crate::support::shadow::assert_converges;
+use crate::support::wait::wait_until;
 
 // ---------------------------------------------------------------------------
 // helpers
@@ -217,4 +218,241 @@ async fn detects_and_repairs_every_kind_of_difference_cross_cluster() {
     let target_cluster = PgCluster::start(ClusterOptions::default());
     let target = TestDb::new(&target_cluster).await;
     detects_every_kind(&source, Some(&target)).await;
+}
+
+// ---------------------------------------------------------------------------
+// equal after the cast: no false positive
+
+/// Values whose text differs but which are equal after the cast to the
+/// target column's type compare equal: numeric scale, -0, json key order
+/// into jsonb, timestamptz under another time zone (the target database
+/// runs in Asia/Tokyo, the source in UTC; an expression that formats a
+/// timestamp is evaluated in the target's zone, as apply does).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_equal_after_the_cast_report_nothing() {
+    let source = TestDb::new(PgCluster::shared()).await;
+    let target = TestDb::new(PgCluster::shared()).await;
+    source
+        .execute(
+            "create table vals (id int primary key, n numeric, f float8, j json,
+                                ts timestamptz, t text);
+             insert into vals select g, g / 2.0, g * 0.1, '{\"b\": 2, \"a\": [1, 2]}',
+                    timestamptz '2026-01-01 12:00:00+00' + g * interval '1 hour', 'x' || g
+               from generate_series(1, 400) g;
+             insert into vals values (0, 0, 0, '{}', 'epoch', '');",
+        )
+        .await;
+    target
+        .execute(&format!(
+            "alter database {} set timezone = 'Asia/Tokyo';
+             create schema shadow;
+             create table shadow.vals (id int primary key, n numeric, f float8, j jsonb,
+                                       ts timestamptz, ts_text text, t text);",
+            target.name()
+        ))
+        .await;
+    let ws = Walshift::with_tables(
+        &source,
+        Some(&target.url()),
+        "[[tables]]\nsource = \"public.vals\"\ntarget = \"shadow.vals\"\n[tables.columns]\n\
+         id = \"id\"\nn = \"n\"\nf = \"f\"\nj = \"j\"\nts = \"ts\"\nts_text = \"ts::text\"\nt = \"t\"\n",
+        "",
+    );
+    ws.run_ok(&["setup"]).await;
+    ws.run_ok(&["backfill"]).await;
+    let t = target.client().await;
+    // The same values, written differently.
+    t.batch_execute(
+        "update shadow.vals set n = n::numeric(20,6) where id % 2 = 1;
+         update shadow.vals set f = '-0' where id = 0;
+         update shadow.vals set ts = ts at time zone 'UTC' at time zone 'America/New_York'
+           where false;",
+    )
+    .await
+    .unwrap();
+    let scaled =
+        count(&t, "select count(*) from shadow.vals where n::text like '%.500000'").await;
+    assert!(scaled > 100, "the target holds numerics with another scale");
+    let minus_zero = count(&t, "select count(*) from shadow.vals where f::text = '-0'").await;
+    assert_eq!(minus_zero, 1);
+    let tokyo = count(&t, "select count(*) from shadow.vals where ts_text like '%+09'").await;
+    assert!(tokyo > 0, "apply formatted ts::text in the target's zone");
+    let (code, report, stderr) = verify_json(&ws, &[]).await;
+    assert_eq!(code, Some(0), "{report}\n{stderr}");
+    assert_eq!(report["result"], "clean");
+    assert_eq!(report["tables"][0]["counters"]["rows"], 401);
+    // And a real difference in such a column is still found.
+    t.batch_execute("update shadow.vals set n = n + 0.000001 where id = 5").await.unwrap();
+    let (code, report, _) = verify_json(&ws, &[]).await;
+    assert_eq!(code, Some(1));
+    assert_eq!(reported(&report), [diff("shadow.vals", "5", "different")].into_iter().collect());
+}
+
+// ---------------------------------------------------------------------------
+// key types and collations
+
+/// Composite, uuid and ICU-collated text keys, and a text key whose target
+/// column sorts differently (ICU on the source, "C" on the target): key
+/// ranges cut in the same place on both sides, and exactly the corrupted
+/// keys are reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn composite_uuid_and_collated_keys_report_exact_keys() {
+    let db = TestDb::new(PgCluster::shared()).await;
+    db.execute(
+        r#"
+create table regional (region text not null, id bigint not null, v int not null,
+                       primary key (region, id));
+insert into regional
+  select (array['eu', 'us', 'EU', 'Ünïcode', 'a b', 'x,y', '(q)', 'ap'])[1 + g % 8], g / 8, g
+  from generate_series(0, 2999) g;
+create table tokens (id uuid primary key, v int not null);
+insert into tokens select md5(g::text)::uuid, g from generate_series(1, 2500) g;
+create table names (name text collate "und-x-icu" primary key, v int not null);
+insert into names
+  select (array['Émile', 'emile', 'EMILE', 'Zoë', 'zoe', 'ábc', 'Abc', 'abd', 'ß', 'SS', 'Ø',
+                'o', 'Ő'])[1 + g % 13] || '-' || (g / 13), g
+  from generate_series(0, 2599) g;
+create schema shadow;
+create table shadow.regional (region text not null, id bigint not null, v int not null,
+                              primary key (region, id));
+create table shadow.tokens (token uuid primary key, v int not null);
+create table shadow.names (name text collate "C" primary key, v int not null);
+"#,
+    )
+    .await;
+    let ws = Walshift::with_tables(
+        &db,
+        None,
+        "[[tables]]\nsource = \"public.regional\"\ntarget = \"shadow.regional\"\n\
+         [[tables]]\nsource = \"public.tokens\"\ntarget = \"shadow.tokens\"\n\
+         [tables.columns]\ntoken = \"id\"\nv = \"v\"\n\
+         [[tables]]\nsource = \"public.names\"\ntarget = \"shadow.names\"\n",
+        "[verify]\nchunk_rows_min = 100\nchunk_rows_max = 300\n",
+    );
+    ws.run_ok(&["setup"]).await;
+    ws.run_ok(&["backfill"]).await;
+    let (code, report, stderr) = verify_json(&ws, &[]).await;
+    assert_eq!(code, Some(0), "{report}\n{stderr}");
+    let c = db.client().await;
+    c.batch_execute(
+        "update shadow.regional set v = -1 where region = 'Ünïcode' and id = 100;
+         delete from shadow.regional where region = 'a b' and id = 7;
+         update shadow.tokens set v = -1 where token = md5('77')::uuid;
+         insert into shadow.tokens values ('00000000-0000-0000-0000-000000000001', 1);
+         update shadow.names set v = -1 where name = 'ß-3';
+         delete from shadow.names where name = 'Zoë-40';
+         insert into shadow.names values ('zzz', 1);",
+    )
+    .await
+    .unwrap();
+    let uuid77: String =
+        c.query_one("select md5('77')::uuid::text", &[]).await.unwrap().get(0);
+    let (code, report, _) = verify_json(&ws, &[]).await;
+    assert_eq!(code, Some(1));
+    let expected: BTreeSet<_> = [
+        diff("shadow.regional", "Ünïcode|100", "different"),
+        diff("shadow.regional", "a b|7", "missing"),
+        diff("shadow.tokens", &uuid77, "different"),
+        diff("shadow.tokens", "00000000-0000-0000-0000-000000000001", "extra"),
+        diff("shadow.names", "ß-3", "different"),
+        diff("shadow.names", "Zoë-40", "missing"),
+        diff("shadow.names", "zzz", "extra"),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(reported(&report), expected, "{report}");
+}
+
+// ---------------------------------------------------------------------------
+// bad input
+
+/// Unknown table, incomplete backfill, no setup: exit 2 naming the problem,
+/// and nothing written to the state schema.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_exits_2_and_writes_nothing() {
+    let db = TestDb::new(PgCluster::shared()).await;
+    db.execute(
+        "create table t (id int primary key, v int);
+         insert into t select g, g from generate_series(1, 100) g;
+         create schema shadow; create table shadow.t (id int primary key, v int);",
+    )
+    .await;
+    let ws = Walshift::with_tables(
+        &db,
+        None,
+        "[[tables]]\nsource = \"public.t\"\ntarget = \"shadow.t\"\n",
+        "",
+    );
+    // No setup yet.
+    expect_exit_2(&ws, &["verify"], &["walshift setup"]).await;
+    ws.run_ok(&["setup"]).await;
+    // Backfill not run yet.
+    expect_exit_2(&ws, &["verify"], &["shadow.t", "backfill", "not"]).await;
+    expect_exit_2(&ws, &["verify", "--table", "nope"], &["--table nope", "shadow.t"]).await;
+    let c = db.client().await;
+    let rows = count(&c, "select count(*) from walshift.verify_tables").await;
+    assert_eq!(rows, 0, "nothing recorded");
+    let rows = count(&c, "select count(*) from shadow.t").await;
+    assert_eq!(rows, 0, "nothing written to the target");
+}
+
+// ---------------------------------------------------------------------------
+// incremental passes
+
+/// After a clean full pass, an incremental pass inside `run` re-hashes only
+/// the keys the stream changed: a few changes, a few key batches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incremental_pass_rehashes_only_changed_keys() {
+    let db = TestDb::new(PgCluster::shared()).await;
+    db.execute(
+        "create table t (id int primary key, v int);
+         insert into t select g, g from generate_series(1, 20000) g;
+         create schema shadow; create table shadow.t (id int primary key, v int);",
+    )
+    .await;
+    let ws = Walshift::with_tables(
+        &db,
+        None,
+        "[[tables]]\nsource = \"public.t\"\ntarget = \"shadow.t\"\n",
+        "[verify]\ninterval_seconds = 1\nfull_pass_interval_seconds = 3600\n\
+         chunk_rows_min = 1000\nchunk_rows_max = 1000\n",
+    );
+    ws.run_ok(&["setup"]).await;
+    let run = ws.spawn_run();
+    let c = db.client().await;
+    let last = |kind: &'static str| {
+        let c = &c;
+        async move {
+            c.query_opt(
+                "select last_chunks, last_rows, last_result from walshift.verify_tables \
+                 where runner = 'run' and last_kind = $1",
+                &[&kind],
+            )
+            .await
+            .unwrap()
+            .map(|r| (r.get::<_, i64>(0), r.get::<_, i64>(1), r.get::<_, String>(2)))
+        }
+    };
+    let full = wait_until("a clean full pass", WAIT, async || {
+        last("full").await.filter(|(_, _, r)| r == "clean")
+    })
+    .await;
+    assert_eq!(full.1, 20000);
+    assert!(full.0 >= 20, "a full pass hashes every 1,000-row range: {full:?}");
+    c.batch_execute("update t set v = -v where id in (5, 9000, 19999)").await.unwrap();
+    let inc = wait_until("an incremental pass over the changed keys", WAIT, async || {
+        let r = c
+            .query_opt(
+                "select last_chunks, last_rows, last_result from walshift.verify_tables \
+                 where runner = 'run' and last_kind = 'incremental' and last_rows > 0",
+                &[],
+            )
+            .await
+            .unwrap();
+        r.map(|r| (r.get::<_, i64>(0), r.get::<_, i64>(1), r.get::<_, String>(2)))
+    })
+    .await;
+    assert_eq!(inc, (1, 3, "clean".to_owned()), "one batch of the three changed keys");
+    let (code, log) = run.stop().await;
+    assert_eq!(code, Some(0), "{log}");
 }

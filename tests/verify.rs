@@ -4,10 +4,15 @@
 //! repair.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
+use tokio::task::JoinHandle;
 use tokio_postgres::Client;
+use walshift::runtime::tasks::spawn_named;
 
-use crate::backfill::WAIT;
+use crate::backfill::{WAIT, wait_caught_up};
 use crate::support::cli::{Walshift, expect_exit_2};
 use crate::support::pg::{ClusterOptions, PgCluster, TestDb};
 use crate::support::shadow::assert_converges;
@@ -270,8 +275,7 @@ async fn values_equal_after_the_cast_report_nothing() {
     )
     .await
     .unwrap();
-    let scaled =
-        count(&t, "select count(*) from shadow.vals where n::text like '%.500000'").await;
+    let scaled = count(&t, "select count(*) from shadow.vals where n::text like '%.500000'").await;
     assert!(scaled > 100, "the target holds numerics with another scale");
     let minus_zero = count(&t, "select count(*) from shadow.vals where f::text = '-0'").await;
     assert_eq!(minus_zero, 1);
@@ -345,8 +349,7 @@ create table shadow.names (name text collate "C" primary key, v int not null);
     )
     .await
     .unwrap();
-    let uuid77: String =
-        c.query_one("select md5('77')::uuid::text", &[]).await.unwrap().get(0);
+    let uuid77: String = c.query_one("select md5('77')::uuid::text", &[]).await.unwrap().get(0);
     let (code, report, _) = verify_json(&ws, &[]).await;
     assert_eq!(code, Some(1));
     let expected: BTreeSet<_> = [
@@ -453,6 +456,255 @@ async fn incremental_pass_rehashes_only_changed_keys() {
     })
     .await;
     assert_eq!(inc, (1, 3, "clean".to_owned()), "one batch of the three changed keys");
+    let (code, log) = run.stop().await;
+    assert_eq!(code, Some(0), "{log}");
+}
+
+// ---------------------------------------------------------------------------
+// online: writes continue during verification
+
+const HOT_DDL: &str = "
+create table hot (id bigint primary key, v bigint not null, amount_cents bigint not null,
+                  note text);
+insert into hot select g * 10, g, g * 3, 'n' || g from generate_series(1, 20000) g;
+analyze hot;
+create schema shadow;
+create table shadow.hot (id bigint primary key, v bigint not null, amount numeric(14,2),
+                         note text);
+";
+
+const HOT_MAPPING: &str = "[[tables]]
+source = \"public.hot\"
+target = \"shadow.hot\"
+[tables.columns]
+id = \"id\"
+v = \"v\"
+amount = \"amount_cents / 100.0\"
+note = \"note\"
+";
+
+/// Keys the workload hits: 300 spread over the whole key range (every
+/// 666th row) plus new keys past the end.
+fn hot_keys() -> Vec<i64> {
+    (0..300).map(|i| 10 + i * 666 * 10).collect()
+}
+
+/// A randomized write workload on hot keys: updates of several keys per
+/// statement, deletes, re-inserts, new keys. Counts the rows changed.
+fn hot_workload(
+    url: String,
+    seed: u64,
+    stop: Arc<AtomicBool>,
+    changes: Arc<AtomicU64>,
+) -> JoinHandle<()> {
+    spawn_named("test-hot-workload", async move {
+        let client = crate::support::pg::connect(&url).await.expect("workload connection");
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let keys = hot_keys();
+        let mut fresh = 1_000_000 + (seed % 1000) as i64 * 100_000;
+        while !stop.load(Ordering::Relaxed) {
+            // Sorted: two workers lock rows in the same order (no deadlock).
+            let mut pick: Vec<i64> = (0..8).map(|_| keys[rng.usize(0..keys.len())]).collect();
+            pick.sort_unstable();
+            pick.dedup();
+            let k = pick[0];
+            let (sql, params): (&str, Vec<i64>) = match rng.u32(0..100) {
+                0..=59 => (
+                    "update hot set v = v + 1, amount_cents = amount_cents + 7, \
+                            note = md5(random()::text) where id = any($1)",
+                    pick,
+                ),
+                60..=74 => ("delete from hot where id = $1", vec![k]),
+                75..=89 => (
+                    "insert into hot values ($1, 0, 1, 'again') \
+                             on conflict (id) do update set v = hot.v - 1",
+                    vec![k],
+                ),
+                _ => {
+                    fresh += 1;
+                    ("insert into hot values ($1, 1, 2, null)", vec![fresh])
+                }
+            };
+            let n = if params.len() > 1 {
+                client.execute(sql, &[&params]).await
+            } else {
+                client.execute(sql, &[&params[0]]).await
+            };
+            match n {
+                Ok(n) => {
+                    changes.fetch_add(n, Ordering::Relaxed);
+                }
+                Err(e) => panic!("workload: {sql}: {e}"),
+            }
+        }
+    })
+}
+
+/// `(kind, finished_at)` of the last pass of `runner = 'run'`, and whether
+/// any difference is stored.
+async fn run_passes(c: &Client) -> (Option<(String, String, String)>, i64) {
+    let last = c
+        .query_opt(
+            "select last_kind, last_finished_at::text, last_result from walshift.verify_tables \
+             where runner = 'run' and last_finished_at is not null",
+            &[],
+        )
+        .await
+        .unwrap()
+        .map(|r| (r.get(0), r.get(1), r.get(2)));
+    let diffs = count(c, "select count(*) from walshift.verify_differences").await;
+    (last, diffs)
+}
+
+fn seed() -> u64 {
+    let seed = std::env::var("WALSHIFT_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| fastrand::u64(..));
+    eprintln!("workload seed {seed} (replay with WALSHIFT_TEST_SEED={seed})");
+    seed
+}
+
+/// A randomized workload of more than 2,000 changes/s on hot keys across the
+/// whole key range runs while `run` verifies for over a minute (full passes
+/// every 5 s, incremental ones in between): no difference is ever reported.
+/// Then one target row is corrupted behind walshift's back, with the
+/// workload still running: exactly that key is reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn online_verification_reports_nothing_in_flight_and_exactly_a_real_difference() {
+    let db = TestDb::new(PgCluster::shared()).await;
+    db.execute(HOT_DDL).await;
+    let ws = Walshift::with_tables(
+        &db,
+        None,
+        HOT_MAPPING,
+        "[verify]\ninterval_seconds = 1\nfull_pass_interval_seconds = 5\n\
+         chunk_rows_min = 500\nchunk_rows_max = 4000\nmax_lag_seconds = 30\n",
+    );
+    ws.run_ok(&["setup"]).await;
+    let run = ws.spawn_run();
+    let c = db.client().await;
+    wait_until("the first clean full pass", WAIT, async || {
+        run_passes(&c).await.0.filter(|(k, _, r)| k == "full" && r == "clean")
+    })
+    .await;
+    let seed = seed();
+    let stop = Arc::new(AtomicBool::new(false));
+    let changes = Arc::new(AtomicU64::new(0));
+    let workers: Vec<JoinHandle<()>> = (0..2)
+        .map(|i| {
+            hot_workload(db.url(), seed.wrapping_add(i), Arc::clone(&stop), Arc::clone(&changes))
+        })
+        .collect();
+    let started = Instant::now();
+    let mut passes: BTreeSet<(String, String)> = BTreeSet::new();
+    while started.elapsed() < Duration::from_secs(62) || passes.len() < 10 {
+        assert!(started.elapsed() < Duration::from_secs(240), "too few passes: {passes:?}");
+        let (last, diffs) = run_passes(&c).await;
+        let stored: Vec<String> = c
+            .query("select key::text || ' ' || kind from walshift.verify_differences", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(
+            diffs,
+            0,
+            "a change in flight was reported as a difference: {stored:?}\n{}",
+            run.stderr()
+        );
+        if let Some((kind, at, result)) = last {
+            assert_eq!(result, "clean", "pass {kind} at {at} not clean\n{}", run.stderr());
+            passes.insert((kind, at));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let rate = changes.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
+    assert!(rate >= 2000.0, "the workload made only {rate:.0} changes/s");
+    let kinds: BTreeSet<&str> = passes.iter().map(|(k, _)| k.as_str()).collect();
+    assert!(kinds.contains("full") && kinds.contains("incremental"), "{passes:?}");
+    eprintln!("{} passes in {:?} at {rate:.0} changes/s", passes.len(), started.elapsed());
+
+    // A real difference, made while the workload runs: exactly that key.
+    c.execute("update shadow.hot set note = 'corrupted' where id = 50", &[]).await.unwrap();
+    let found = wait_until("the corrupted key to be reported", WAIT, async || {
+        let rows = c
+            .query("select key, kind, confirmed from walshift.verify_differences", &[])
+            .await
+            .unwrap();
+        (!rows.is_empty()).then(|| {
+            rows.iter()
+                .map(|r| (r.get::<_, Vec<String>>(0), r.get::<_, String>(1), r.get::<_, bool>(2)))
+                .collect::<Vec<_>>()
+        })
+    })
+    .await;
+    assert_eq!(found, vec![(vec!["50".to_owned()], "different".to_owned(), true)]);
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await.unwrap();
+    }
+    let (code, log) = run.stop().await;
+    assert_eq!(code, Some(0), "{log}");
+}
+
+/// With `[verify] repair = true`, differences of every kind made while a
+/// workload runs are repaired by the running instance between its
+/// transactions, and the target converges to transform(source).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_repairs_differences_under_a_running_workload() {
+    let db = TestDb::new(PgCluster::shared()).await;
+    db.execute(HOT_DDL).await;
+    let ws = Walshift::with_tables(
+        &db,
+        None,
+        HOT_MAPPING,
+        "[verify]\ninterval_seconds = 1\nfull_pass_interval_seconds = 3\nrepair = true\n\
+         chunk_rows_min = 500\nchunk_rows_max = 4000\n",
+    );
+    ws.run_ok(&["setup"]).await;
+    let run = ws.spawn_run();
+    let c = db.client().await;
+    wait_until("the first clean full pass", WAIT, async || {
+        run_passes(&c).await.0.filter(|(k, _, r)| k == "full" && r == "clean")
+    })
+    .await;
+    let seed = seed();
+    let stop = Arc::new(AtomicBool::new(false));
+    let changes = Arc::new(AtomicU64::new(0));
+    let worker = hot_workload(db.url(), seed, Arc::clone(&stop), Arc::clone(&changes));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Every kind, on cold keys and on hot ones.
+    c.batch_execute(
+        "update shadow.hot set note = 'bad' where id in (30, 40, 6670);
+         delete from shadow.hot where id in (70, 13330);
+         insert into shadow.hot values (15, 1, 1, 'extra'), (16, 2, 2, 'extra');",
+    )
+    .await
+    .unwrap();
+    let repaired = wait_until("the running instance to repair", WAIT, async || {
+        run.stderr().contains("repaired rows from the source").then_some(())
+    });
+    repaired.await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, Ordering::Relaxed);
+    worker.await.unwrap();
+    wait_caught_up(&c, &db.slot_name()).await;
+    assert_converges(
+        &c,
+        "select id, v, (amount_cents / 100.0)::numeric(14,2), note from public.hot",
+        &c,
+        "select id, v, amount, note from shadow.hot",
+        WAIT,
+    )
+    .await;
+    // The next clean pass clears the stored differences.
+    wait_until("a clean pass after the repair", WAIT, async || {
+        let (last, diffs) = run_passes(&c).await;
+        last.filter(|(_, _, r)| r == "clean" && diffs == 0)
+    })
+    .await;
     let (code, log) = run.stop().await;
     assert_eq!(code, Some(0), "{log}");
 }

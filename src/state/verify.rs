@@ -101,6 +101,15 @@ pub struct PassCounters {
     pub differences: u64,
     /// Differences a change not yet applied could explain.
     pub unconfirmed: u64,
+    /// Keys the stream kept changing while they were being confirmed (so
+    /// each read saw a change in flight): not reported, checked again in
+    /// the next pass. Not stored.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub deferred: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl PassCounters {
@@ -112,6 +121,7 @@ impl PassCounters {
         self.rechecked += other.rechecked;
         self.differences += other.differences;
         self.unconfirmed += other.unconfirmed;
+        self.deferred += other.deferred;
     }
 }
 
@@ -317,6 +327,7 @@ pub async fn load(
                     rechecked: n(10)?,
                     differences: n(11)?,
                     unconfirmed: n(12)?,
+                    deferred: 0,
                 },
             }),
             None => None,
@@ -339,6 +350,7 @@ pub async fn load(
                     rechecked: n(23)?,
                     differences: n(24)?,
                     unconfirmed: n(25)?,
+                    deferred: 0,
                 },
             }),
             _ => None,

@@ -35,7 +35,10 @@ pub const KEY_BATCH: usize = 1000;
 
 /// Reads across barriers before a difference that keeps changing is
 /// reported as unconfirmed.
-pub const CONFIRM_ROUNDS: usize = 4;
+pub const CONFIRM_ROUNDS: usize = 6;
+
+/// Pause before re-reading keys that changed, times the round.
+const CONFIRM_PAUSE: Duration = Duration::from_millis(50);
 
 /// How long to wait while lag is over the threshold before looking again.
 const LAG_POLL: Duration = Duration::from_millis(200);
@@ -920,9 +923,14 @@ impl Verifier {
             }
         }
         let mut confirmed = Vec::new();
-        for _round in 0..CONFIRM_ROUNDS {
+        for round in 0..CONFIRM_ROUNDS {
             if pending.is_empty() {
                 break;
+            }
+            if round > 0 {
+                // A key that changed between two reads is hot: give the
+                // stream a moment before reading it again.
+                tokio::time::sleep(CONFIRM_PAUSE * round as u32).await;
             }
             delta.rechecked += 1;
             let keys: Vec<Vec<String>> = pending.iter().map(|c| c.key.clone()).collect();
@@ -969,6 +977,22 @@ impl Verifier {
                     }
                 }
             }
+        }
+        if !matches!(self.applied, Applied::Stopped { .. }) && !pending.is_empty() {
+            // The stream kept changing these keys: each read saw a change in
+            // flight, which is not a divergence. Check them again later.
+            tracing::debug!(
+                table = %self.tables[t].plan.target.readable(),
+                keys = pending.len(),
+                "keys kept changing while being confirmed; re-checking them in the next pass"
+            );
+            if let Some(d) = &self.dirty {
+                for c in &pending {
+                    d.touch(t, c.key.clone());
+                }
+            }
+            delta.deferred += pending.len() as u64;
+            pending.clear();
         }
         Ok((confirmed, pending))
     }

@@ -708,3 +708,136 @@ async fn run_repairs_differences_under_a_running_workload() {
     let (code, log) = run.stop().await;
     assert_eq!(code, Some(0), "{log}");
 }
+
+// ---------------------------------------------------------------------------
+// crash
+
+/// `kill -9` of `walshift verify` in the middle of a long pass: the next
+/// `walshift verify` resumes after the last chunk the state schema records,
+/// and the finished pass counted every row and chunk exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_verification_resumes_after_the_last_verified_chunk() {
+    let db = TestDb::new(PgCluster::shared()).await;
+    db.execute(
+        "create table t (id int primary key, v text);
+         insert into t select g, md5(g::text) from generate_series(1, 60000) g;
+         create schema shadow; create table shadow.t (id int primary key, v text);",
+    )
+    .await;
+    let ws = Walshift::with_tables(
+        &db,
+        None,
+        "[[tables]]\nsource = \"public.t\"\ntarget = \"shadow.t\"\n",
+        "[verify]\nchunk_rows_min = 1000\nchunk_rows_max = 1000\nmax_rows_per_second = 8000\n",
+    );
+    ws.run_ok(&["setup"]).await;
+    ws.run_ok(&["backfill"]).await;
+    let c = db.client().await;
+    let pass = async |c: &Client| {
+        c.query_one(
+            "select pass_kind, pass_last_key, pass_chunks, pass_rows from walshift.verify_tables \
+             where runner = 'cli'",
+            &[],
+        )
+        .await
+        .map(|r| {
+            (
+                r.get::<_, Option<String>>(0),
+                r.get::<_, Option<Vec<String>>>(1),
+                r.get::<_, i64>(2),
+                r.get::<_, i64>(3),
+            )
+        })
+        .ok()
+    };
+    let verify = ws.spawn(&["verify"]);
+    wait_until("verify to check 12 chunks", WAIT, async || pass(&c).await.filter(|p| p.2 >= 12))
+        .await;
+    tokio::time::sleep(Duration::from_millis(fastrand::u64(0..400))).await;
+    verify.kill9().await;
+    crate::backfill::wait_sessions_gone(&c).await;
+    let (kind, key, chunks, rows) = pass(&c).await.unwrap();
+    assert_eq!(kind.as_deref(), Some("full"), "the pass is still recorded as in progress");
+    let key = key.expect("a cursor is stored");
+    assert!(chunks < 60, "the pass was interrupted ({chunks} chunks)");
+    assert_eq!(rows, chunks * 1000, "each stored chunk counted its rows once");
+    assert_eq!(key, vec![(chunks * 1000).to_string()], "the cursor is the last chunk's last key");
+    let out = ws.run(&["verify", "--json"]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("resuming the interrupted verification pass")
+            && stderr.contains(&format!("chunks={chunks}")),
+        "{stderr}"
+    );
+    let (chunks_total, rows_total): (i64, i64) = c
+        .query_one(
+            "select last_chunks, last_rows from walshift.verify_tables where runner = 'cli'",
+            &[],
+        )
+        .await
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    assert_eq!(rows_total, 60000, "every row counted once over both runs");
+    assert_eq!(chunks_total, 61, "60 chunks and the empty end, each once");
+}
+
+// ---------------------------------------------------------------------------
+// shipping
+
+/// A mapping that calls a function only the target has cannot be hashed on
+/// the source: the table is verified by shipping its rows to the target,
+/// says so, and still finds exactly the differing keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_only_the_target_has_is_verified_by_shipping_rows() {
+    let source = TestDb::new(PgCluster::shared()).await;
+    let target = TestDb::new(PgCluster::shared()).await;
+    source
+        .execute(
+            "create table t (id int primary key, cents bigint not null);
+             insert into t select g, g * 7 from generate_series(1, 3000) g;",
+        )
+        .await;
+    target
+        .execute(
+            "create schema shadow;
+             create function shadow.euros(bigint) returns numeric language sql immutable
+               as 'select $1 / 100.0';
+             create table shadow.t (id int primary key, eur numeric(12,2));",
+        )
+        .await;
+    let ws = Walshift::with_tables(
+        &source,
+        Some(&target.url()),
+        "[[tables]]\nsource = \"public.t\"\ntarget = \"shadow.t\"\n[tables.columns]\n\
+         id = \"id\"\neur = \"shadow.euros(cents)\"\n",
+        "[verify]\nchunk_rows_min = 500\nchunk_rows_max = 500\n",
+    );
+    ws.run_ok(&["setup"]).await;
+    ws.run_ok(&["backfill"]).await;
+    let (code, report, stderr) = verify_json(&ws, &[]).await;
+    assert_eq!(code, Some(0), "{report}\n{stderr}");
+    assert_eq!(report["tables"][0]["path"], "ship", "{report}");
+    assert_eq!(report["tables"][0]["counters"]["rows"], 3000);
+    let t = target.client().await;
+    t.batch_execute(
+        "update shadow.t set eur = 0 where id = 1234;
+         delete from shadow.t where id = 2999;
+         insert into shadow.t values (5000, 1);",
+    )
+    .await
+    .unwrap();
+    let (code, report, _) = verify_json(&ws, &[]).await;
+    assert_eq!(code, Some(1));
+    let expected: BTreeSet<_> = [
+        diff("shadow.t", "1234", "different"),
+        diff("shadow.t", "2999", "missing"),
+        diff("shadow.t", "5000", "extra"),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(reported(&report), expected, "{report}");
+    let out = ws.run(&["verify"]).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("shadow.t (rows shipped to the target)"), "{text}");
+}

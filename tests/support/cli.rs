@@ -252,7 +252,12 @@ impl Walshift {
 
     /// Starts `walshift run` in the background.
     pub fn spawn_run(&self) -> RunProcess {
-        let mut cmd = self.command(&["run"]);
+        self.spawn(&["run"])
+    }
+
+    /// Starts `walshift <args>` in the background.
+    pub fn spawn(&self, args: &[&str]) -> RunProcess {
+        let mut cmd = self.command(args);
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn walshift run");
         let stderr = Arc::new(Mutex::new(String::new()));

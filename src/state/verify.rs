@@ -443,8 +443,12 @@ pub async fn save_chunk(
 }
 
 /// Ends the pass in progress with `result`: it becomes the last pass, and a
-/// clean one moves the clean timestamps (an incremental pass only after a
-/// clean full one).
+/// clean one moves the clean timestamps. An incremental pass only counts as
+/// clean after a clean full one, and a full pass that is not clean forgets
+/// the last clean full pass: differences beyond `max_differences` were not
+/// stored, so only another full pass can find the table clean again. A pass
+/// that found differences also clears the last clean pass: the table is not
+/// clean now, however recently it was.
 pub async fn finish_pass(
     client: &Client,
     migration: &str,
@@ -459,14 +463,18 @@ pub async fn finish_pass(
              last_lsn = pass_start_lsn, last_rows = pass_rows, last_chunks = pass_chunks, \
              last_mismatched = pass_mismatched, last_rechecked = pass_rechecked, \
              last_differences = pass_differences, last_unconfirmed = pass_unconfirmed, \
-             last_clean_full_at = case when $4 = 'clean' and pass_kind = 'full' \
-                 then pass_started_at else last_clean_full_at end, \
-             last_clean_full_lsn = case when $4 = 'clean' and pass_kind = 'full' \
-                 then pass_start_lsn else last_clean_full_lsn end, \
+             last_clean_full_at = case when pass_kind = 'full' \
+                 then (case when $4 = 'clean' then pass_started_at end) \
+                 else last_clean_full_at end, \
+             last_clean_full_lsn = case when pass_kind = 'full' \
+                 then (case when $4 = 'clean' then pass_start_lsn end) \
+                 else last_clean_full_lsn end, \
              last_clean_at = case when $4 = 'clean' and (pass_kind = 'full' \
-                 or last_clean_full_at is not null) then pass_started_at else last_clean_at end, \
+                 or last_clean_full_at is not null) then pass_started_at \
+                 when $4 = 'differences' then null else last_clean_at end, \
              last_clean_lsn = case when $4 = 'clean' and (pass_kind = 'full' \
-                 or last_clean_full_at is not null) then pass_start_lsn else last_clean_lsn end, \
+                 or last_clean_full_at is not null) then pass_start_lsn \
+                 when $4 = 'differences' then null else last_clean_lsn end, \
              pass_kind = null, pass_started_at = null, pass_start_lsn = null, \
              pass_last_key = null, updated_at = clock_timestamp() \
              where migration = $1 and target_table = $2 and runner = $3 and pass_kind is not null",

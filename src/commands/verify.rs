@@ -132,16 +132,7 @@ pub async fn run(
     store::init(&target, &cfg.migration_name, Runner::Cli, &names)
         .await
         .map_err(sql("recording the tables to verify"))?;
-    let options = VerifyOptions {
-        migration: cfg.migration_name.clone(),
-        runner: Runner::Cli,
-        chunk_rows_min: cfg.verify.chunk_rows_min,
-        chunk_rows_max: cfg.verify.chunk_rows_max,
-        target_chunk: cfg.verify.target_chunk,
-        max_lag: cfg.verify.max_lag,
-        max_rows_per_second: cfg.verify.max_rows_per_second,
-        max_differences: cfg.verify.max_differences,
-    };
+    let options = VerifyOptions::from_config(cfg, Runner::Cli);
     let mut verifier = Verifier::new(source, target, compiled, options, applied)
         .await
         .map_err(|e| Error::Internal(crate::error::display_chain(&e)))?;

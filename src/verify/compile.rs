@@ -131,8 +131,12 @@ pub async fn compile_table(
         table: table.to_owned(),
         column: column.readable().into_owned(),
     };
+    // Verified columns, and key columns always (even with `verify = false`).
     let mut cols = Vec::new();
-    for out in tp.outputs.iter().filter(|o| o.verify) {
+    for (o, out) in tp.outputs.iter().enumerate() {
+        if !out.verify && !tp.target_key.contains(&o) {
+            continue;
+        }
         let ty = tgt
             .get(out.column.as_str())
             .ok_or_else(|| missing(&tp.target.readable(), &out.column))?;
@@ -142,21 +146,6 @@ pub async fn compile_table(
             target_type: ty.type_name.clone(),
             canon: Canon::for_type(ty.base_type),
         });
-    }
-    // Key columns are always compared, even with `verify = false`.
-    for &o in &tp.target_key {
-        let out = &tp.outputs[o];
-        if !out.verify {
-            let ty = tgt
-                .get(out.column.as_str())
-                .ok_or_else(|| missing(&tp.target.readable(), &out.column))?;
-            cols.push(CompareColumn {
-                name: out.column.clone(),
-                expr: out.expr.clone(),
-                target_type: ty.type_name.clone(),
-                canon: Canon::for_type(ty.base_type),
-            });
-        }
     }
     let mut collate_c = Vec::new();
     for (&ki, tk) in tp.key_inputs.iter().zip(tp.target_key_columns()) {

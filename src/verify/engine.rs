@@ -64,6 +64,22 @@ pub struct VerifyOptions {
     pub max_differences: u32,
 }
 
+impl VerifyOptions {
+    /// The `[verify]` settings of `cfg`, for passes run by `runner`.
+    pub fn from_config(cfg: &crate::config::ValidatedConfig, runner: Runner) -> Self {
+        VerifyOptions {
+            migration: cfg.migration_name.clone(),
+            runner,
+            chunk_rows_min: cfg.verify.chunk_rows_min,
+            chunk_rows_max: cfg.verify.chunk_rows_max,
+            target_chunk: cfg.verify.target_chunk,
+            max_lag: cfg.verify.max_lag,
+            max_rows_per_second: cfg.verify.max_rows_per_second,
+            max_differences: cfg.verify.max_differences,
+        }
+    }
+}
+
 /// One table's pass, as reported.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct TableReport {
@@ -548,20 +564,16 @@ impl Verifier {
         row.map(|r| texts(&r, 0, self.tables[t].key_len())).transpose()
     }
 
-    /// Both sides' digests of a scope, computed at the same time.
+    /// Both sides' digests of a key range (`params`: its bounds' keys).
     async fn digests(
         &mut self,
         t: TableIdx,
         scope: Scope,
         params: &[String],
     ) -> Result<(Digest, Digest), VerifyError> {
-        let s = self.prepare(self.tables[t].source_hash(scope), false).await?;
-        let tg = self.prepare(self.tables[t].target_hash(scope), true).await?;
         let p: Vec<&(dyn ToSql + Sync)> = params.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
-        let (sr, tr) = tokio::join!(self.source.query_one(&s, &p), self.target.query_one(&tg, &p));
-        let sr = sr.map_err(sql_err("hashing a chunk on the source"))?;
-        let tr = tr.map_err(sql_err("hashing a chunk on the target"))?;
-        Ok((digest(&sr)?, digest(&tr)?))
+        let limit = self.options.chunk_rows_max as usize * 2;
+        self.scope_digests(t, scope, &p, limit).await
     }
 
     /// Both sides' digests of a key set.
@@ -570,27 +582,36 @@ impl Verifier {
         t: TableIdx,
         keys: &[Vec<String>],
     ) -> Result<(Digest, Digest), VerifyError> {
-        let k = self.tables[t].key_len();
-        let arrays = keys_param(keys, k);
+        let arrays = keys_param(keys, self.tables[t].key_len());
+        self.scope_digests(t, Scope::Keys, &arrays_params(&arrays), keys.len()).await
+    }
+
+    /// Both sides' digests of `scope`, computed at the same time; with the
+    /// ship path, the source's rows (at most `ship_limit`) are hashed on the
+    /// target through the mapping.
+    async fn scope_digests(
+        &mut self,
+        t: TableIdx,
+        scope: Scope,
+        params: &[&(dyn ToSql + Sync)],
+        ship_limit: usize,
+    ) -> Result<(Digest, Digest), VerifyError> {
+        let tg = self.prepare(self.tables[t].target_hash(scope), true).await?;
         if self.tables[t].ship {
-            let rows =
-                self.source_inputs(t, Scope::Keys, &arrays_params(&arrays), keys.len()).await?;
+            let rows = self.source_inputs(t, scope, params, ship_limit).await?;
             let source = self.shipped_digest(t, &rows).await?;
-            let tg = self.prepare(self.tables[t].target_hash(Scope::Keys), true).await?;
-            let p = arrays_params(&arrays);
             let tr = self
                 .target
-                .query_one(&tg, &p)
+                .query_one(&tg, params)
                 .await
-                .map_err(sql_err("hashing keys on the target"))?;
+                .map_err(sql_err("hashing rows on the target"))?;
             return Ok((source, digest(&tr)?));
         }
-        let s = self.prepare(self.tables[t].source_hash(Scope::Keys), false).await?;
-        let tg = self.prepare(self.tables[t].target_hash(Scope::Keys), true).await?;
-        let p = arrays_params(&arrays);
-        let (sr, tr) = tokio::join!(self.source.query_one(&s, &p), self.target.query_one(&tg, &p));
-        let sr = sr.map_err(sql_err("hashing keys on the source"))?;
-        let tr = tr.map_err(sql_err("hashing keys on the target"))?;
+        let s = self.prepare(self.tables[t].source_hash(scope), false).await?;
+        let (sr, tr) =
+            tokio::join!(self.source.query_one(&s, params), self.target.query_one(&tg, params));
+        let sr = sr.map_err(sql_err("hashing rows on the source"))?;
+        let tr = tr.map_err(sql_err("hashing rows on the target"))?;
         Ok((digest(&sr)?, digest(&tr)?))
     }
 
@@ -723,38 +744,13 @@ impl Verifier {
                 let mut sp: Vec<String> = sub_lo.clone().unwrap_or_default();
                 sp.extend(sub_hi.clone().unwrap_or_default());
                 delta.rechecked += 1;
-                let (s, tg) = if self.tables[t].ship {
-                    let (_, s, tg) = self.shipped_range(t, sub, &sp).await?;
-                    (s, tg)
-                } else {
-                    self.digests(t, sub, &sp).await?
-                };
+                let (s, tg) = self.digests(t, sub, &sp).await?;
                 if s != tg {
                     stack.push((sub_lo, sub_hi, s.rows, tg.rows));
                 }
             }
         }
         Ok(out)
-    }
-
-    /// Ship path digests of a bounded range.
-    async fn shipped_range(
-        &mut self,
-        t: TableIdx,
-        scope: Scope,
-        params: &[String],
-    ) -> Result<((), Digest, Digest), VerifyError> {
-        let p: Vec<&(dyn ToSql + Sync)> = params.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
-        let limit = self.options.chunk_rows_max as usize * 2;
-        let rows = self.source_inputs(t, scope, &p, limit).await?;
-        let source = self.shipped_digest(t, &rows).await?;
-        let tg = self.prepare(self.tables[t].target_hash(scope), true).await?;
-        let tr = self
-            .target
-            .query_one(&tg, &p)
-            .await
-            .map_err(sql_err("hashing a range on the target"))?;
-        Ok(((), source, digest(&tr)?))
     }
 
     /// Both sides' rows of a small range, diffed.

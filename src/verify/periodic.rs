@@ -102,16 +102,7 @@ async fn session(
     store::init(&target, &cfg.migration_name, Runner::Run, &names)
         .await
         .map_err(|source| VerifyError::Sql { context: "recording the tables to verify", source })?;
-    let options = VerifyOptions {
-        migration: cfg.migration_name.clone(),
-        runner: Runner::Run,
-        chunk_rows_min: cfg.verify.chunk_rows_min,
-        chunk_rows_max: cfg.verify.chunk_rows_max,
-        target_chunk: cfg.verify.target_chunk,
-        max_lag: cfg.verify.max_lag,
-        max_rows_per_second: cfg.verify.max_rows_per_second,
-        max_differences: cfg.verify.max_differences,
-    };
+    let options = VerifyOptions::from_config(cfg, Runner::Run);
     let mut verifier =
         Verifier::new(source, target, tables, options, Applied::InProcess(Arc::clone(&p.lag)))
             .await?

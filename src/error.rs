@@ -6,8 +6,6 @@
 //! slot), `1` for runtime failures (including internal ones: a panicked
 //! task), `130` when interrupted.
 
-use std::fmt;
-
 use crate::config::ConfigError;
 use crate::pg::client::ConnectError;
 use crate::replication::slot::SlotError;
@@ -33,34 +31,7 @@ impl From<ExitCode> for std::process::ExitCode {
     }
 }
 
-/// One failed precondition: what was checked and what is wrong with it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CheckFailure {
-    /// The config key or object concerned, e.g. `tables[0].source` or `source`.
-    pub subject: String,
-    /// What is wrong and, when the operator can act, how to fix it.
-    pub problem: String,
-}
-
-impl fmt::Display for CheckFailure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.subject, self.problem)
-    }
-}
-
-/// Every failed precondition of one run.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CheckFailures(pub Vec<CheckFailure>);
-
-impl fmt::Display for CheckFailures {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} check(s) failed, nothing was created or changed", self.0.len())?;
-        for failure in &self.0 {
-            write!(f, "\n  - {failure}")?;
-        }
-        Ok(())
-    }
-}
+pub use crate::checks::{CheckFailure, CheckFailures};
 
 /// The top-level error.
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +39,9 @@ pub enum Error {
     /// The configuration is invalid.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// A mapping could not be compiled.
+    #[error(transparent)]
+    Plan(#[from] crate::transform::plan::PlanError),
     /// Set-up checks failed.
     #[error("{0}")]
     Checks(CheckFailures),
@@ -155,6 +129,7 @@ impl Error {
     pub fn exit_code(&self) -> ExitCode {
         use crate::demo::cluster::ClusterError;
         match self {
+            Error::Plan(crate::transform::plan::PlanError::Checks(_)) => ExitCode::BadInput,
             Error::Config(_)
             | Error::Checks(_)
             | Error::Precondition(_)

@@ -34,6 +34,7 @@
 pub mod apply;
 pub mod backfill;
 pub mod change;
+pub mod checks;
 pub mod cli;
 pub mod commands;
 pub mod config;

@@ -28,8 +28,8 @@ use std::fmt::Write as _;
 
 use tokio_postgres::Client;
 
+use crate::checks::{CheckFailure, CheckFailures};
 use crate::config::{ValidatedConfig, ValidatedTable};
-use crate::error::{CheckFailure, Error};
 use crate::pg::catalog::{self, TableInfo};
 use crate::pg::sql::{Ident, QualifiedName};
 
@@ -91,6 +91,30 @@ pub struct TablePlan {
     pub filter: Option<Filter>,
     /// Whether a source TRUNCATE truncates the target.
     pub truncate: bool,
+}
+
+/// Why a mapping could not be compiled.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    /// The mapping is wrong (bad input: exit 2, nothing created).
+    #[error("{0}")]
+    Checks(CheckFailures),
+    /// A catalog read or a probe failed for another reason than the
+    /// mapping (a connection problem).
+    #[error("{context}: {}", crate::pg::client::server_message(source))]
+    Sql {
+        /// What it was doing.
+        context: &'static str,
+        /// The cause.
+        #[source]
+        source: tokio_postgres::Error,
+    },
+}
+
+impl PlanError {
+    fn sql(context: &'static str) -> impl FnOnce(tokio_postgres::Error) -> PlanError {
+        move |source| PlanError::Sql { context, source }
+    }
 }
 
 /// An UPDATE arrived with an unchanged TOAST value that a target column
@@ -180,20 +204,16 @@ impl Plan {
     }
 
     /// Compiles every table mapping. Problems are collected per table and
-    /// column into `Error::Checks`; only connection-level SQL failures are
+    /// column into `PlanError::Checks`; only connection-level SQL failures are
     /// returned as other errors.
     pub async fn compile(
         cfg: &ValidatedConfig,
         source: &Client,
         target: &Client,
-    ) -> Result<Plan, Error> {
+    ) -> Result<Plan, PlanError> {
         let mut failures = Vec::new();
         let plan = Self::compile_collecting(cfg, source, target, &mut failures).await?;
-        if failures.is_empty() {
-            Ok(plan)
-        } else {
-            Err(Error::Checks(crate::error::CheckFailures(failures)))
-        }
+        if failures.is_empty() { Ok(plan) } else { Err(PlanError::Checks(CheckFailures(failures))) }
     }
 
     /// Like [`Plan::compile`], appending problems to `failures` (the plan is
@@ -203,7 +223,7 @@ impl Plan {
         source: &Client,
         target: &Client,
         failures: &mut Vec<CheckFailure>,
-    ) -> Result<Plan, Error> {
+    ) -> Result<Plan, PlanError> {
         let mut tables = Vec::new();
         let mut target_oids = Vec::new();
         for (index, table) in cfg.tables.iter().enumerate() {
@@ -212,7 +232,7 @@ impl Plan {
             };
             let Some(src) = catalog::table_info(source, &table.source)
                 .await
-                .map_err(Error::sql("reading the source catalog"))?
+                .map_err(PlanError::sql("reading the source catalog"))?
             else {
                 fail(
                     format!("tables[{index}].source"),
@@ -222,7 +242,7 @@ impl Plan {
             };
             let Some(tgt) = catalog::table_info(target, &table.target)
                 .await
-                .map_err(Error::sql("reading the target catalog"))?
+                .map_err(PlanError::sql("reading the target catalog"))?
             else {
                 fail(
                     format!("tables[{index}].target"),
@@ -236,7 +256,7 @@ impl Plan {
             };
             let unique_keys = catalog::unique_keys(target, tgt.oid)
                 .await
-                .map_err(Error::sql("reading the target catalog"))?;
+                .map_err(PlanError::sql("reading the target catalog"))?;
             target_oids.push(tgt.oid);
             if let Some(plan) =
                 compile_table(index, table, &src, &tgt, &unique_keys, target, &mut fail).await?
@@ -246,7 +266,7 @@ impl Plan {
         }
         let fks = catalog::foreign_keys_among(target, &target_oids)
             .await
-            .map_err(Error::sql("reading the target catalog"))?;
+            .map_err(PlanError::sql("reading the target catalog"))?;
         let upsert_order = parents_first(&target_oids, &fks);
         Ok(Plan { tables, upsert_order })
     }
@@ -339,7 +359,7 @@ async fn compile_table(
     unique_keys: &[Vec<String>],
     target: &Client,
     fail: &mut impl FnMut(String, String),
-) -> Result<Option<TablePlan>, Error> {
+) -> Result<Option<TablePlan>, PlanError> {
     let source_name = table.source.readable();
     let target_name = table.target.readable();
     let failures_before = std::sync::atomic::AtomicUsize::new(0);
@@ -392,7 +412,7 @@ async fn compile_table(
     // The source column types must exist on the target (cross-cluster).
     if let Err(err) = target.prepare(&format!("select 1 from {stand_in_all}")).await {
         if !is_statement_error(&err) {
-            return Err(Error::sql("checking the mapping on the target")(err));
+            return Err(PlanError::sql("checking the mapping on the target")(err));
         }
         failed(
             format!("tables[{index}].source"),
@@ -426,7 +446,7 @@ async fn compile_table(
             format!("insert into {} ({ident}) select ({expr}) from {stand_in_all}", table.target);
         if let Err(err) = target.prepare(&probe).await {
             if !is_statement_error(&err) {
-                return Err(Error::sql("checking the mapping on the target")(err));
+                return Err(PlanError::sql("checking the mapping on the target")(err));
             }
             failed(
                 subject,
@@ -458,7 +478,7 @@ async fn compile_table(
                     );
                     None
                 }
-                Err(err) => return Err(Error::sql("checking the filter on the target")(err)),
+                Err(err) => return Err(PlanError::sql("checking the filter on the target")(err)),
             }
         }
     };
@@ -571,7 +591,7 @@ async fn dependencies(
     expr: &str,
     columns: &[(Ident, String)],
     target: &Client,
-) -> Result<BTreeSet<usize>, Error> {
+) -> Result<BTreeSet<usize>, PlanError> {
     if let Some(name) = bare_column(expr) {
         return Ok(columns.iter().position(|(c, _)| c.as_str() == name).into_iter().collect());
     }
@@ -597,7 +617,7 @@ async fn dependencies(
                 // Another error without this column still means it is read.
                 deps.insert(c);
             }
-            Err(err) => return Err(Error::sql("analysing an expression on the target")(err)),
+            Err(err) => return Err(PlanError::sql("analysing an expression on the target")(err)),
         }
     }
     Ok(deps)

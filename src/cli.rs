@@ -104,6 +104,10 @@ pub struct StatusArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+
+    /// Refresh every 2 s (in place on a terminal) until interrupted.
+    #[arg(long, conflicts_with = "json")]
+    pub watch: bool,
 }
 
 /// Arguments of `teardown`.

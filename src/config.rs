@@ -77,6 +77,14 @@ pub const DEFAULT_STATUS_INTERVAL_MS: u64 = 10_000;
 pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 10_000;
 /// Upper bound of the exponential back-off between reconnect attempts.
 pub const DEFAULT_RECONNECT_MAX_BACKOFF_MS: u64 = 30_000;
+/// How often `run` writes a heartbeat message into the source WAL: it keeps
+/// lag in seconds honest on an idle source (measured when the heartbeat
+/// comes back through the stream) and moves the slot past WAL that holds
+/// nothing for the mapped tables. One tiny WAL record and one target commit
+/// per interval.
+pub const DEFAULT_HEARTBEAT_INTERVAL_MS: u64 = 1_000;
+/// `/readyz` answers not ready while lag exceeds this many seconds.
+pub const DEFAULT_READY_MAX_LAG_SECONDS: u64 = 10;
 /// Whether a source `TRUNCATE` is applied to the target table.
 pub const DEFAULT_TRUNCATE: bool = true;
 /// Flush a merged target transaction once it holds this many row changes.
@@ -190,6 +198,9 @@ pub struct SourceConfig {
     /// See [`DEFAULT_RECONNECT_MAX_BACKOFF_MS`].
     #[serde(default = "default_reconnect_max_backoff_ms")]
     pub reconnect_max_backoff_ms: u64,
+    /// See [`DEFAULT_HEARTBEAT_INTERVAL_MS`].
+    #[serde(default = "default_heartbeat_interval_ms")]
+    pub heartbeat_interval_ms: u64,
 }
 
 /// `[target]`: where the shadow tables live.
@@ -400,14 +411,21 @@ pub struct RedisConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
-    /// `ip:port` of the Prometheus endpoint; see [`DEFAULT_METRICS_LISTEN`].
+    /// `ip:port` of the HTTP endpoint (`/metrics`, `/healthz`, `/readyz`,
+    /// `/status`, `/`); see [`DEFAULT_METRICS_LISTEN`].
     #[serde(default = "default_metrics_listen")]
     pub listen: String,
+    /// See [`DEFAULT_READY_MAX_LAG_SECONDS`].
+    #[serde(default = "default_ready_max_lag_seconds")]
+    pub ready_max_lag_seconds: u64,
 }
 
 impl Default for MetricsConfig {
     fn default() -> Self {
-        Self { listen: DEFAULT_METRICS_LISTEN.to_owned() }
+        Self {
+            listen: DEFAULT_METRICS_LISTEN.to_owned(),
+            ready_max_lag_seconds: DEFAULT_READY_MAX_LAG_SECONDS,
+        }
     }
 }
 
@@ -441,6 +459,12 @@ pub enum LogFormat {
 
 fn default_status_interval_ms() -> u64 {
     DEFAULT_STATUS_INTERVAL_MS
+}
+fn default_heartbeat_interval_ms() -> u64 {
+    DEFAULT_HEARTBEAT_INTERVAL_MS
+}
+fn default_ready_max_lag_seconds() -> u64 {
+    DEFAULT_READY_MAX_LAG_SECONDS
 }
 fn default_reconnect_max_backoff_ms() -> u64 {
     DEFAULT_RECONNECT_MAX_BACKOFF_MS
@@ -578,6 +602,8 @@ pub struct SourceSettings {
     pub status_interval: Duration,
     /// Upper bound of the reconnect back-off.
     pub reconnect_max_backoff: Duration,
+    /// Interval of the heartbeat written into the source WAL.
+    pub heartbeat_interval: Duration,
 }
 
 /// `[target]`, resolved.
@@ -673,8 +699,10 @@ pub struct RedisSettings {
 /// `[metrics]`, resolved.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MetricsSettings {
-    /// Address of the Prometheus endpoint.
+    /// Address of the HTTP endpoint.
     pub listen: SocketAddr,
+    /// `/readyz` is not ready while lag exceeds this.
+    pub ready_max_lag: Duration,
 }
 
 // ---------------------------------------------------------------------------
@@ -903,6 +931,7 @@ impl Config {
         check_object_name("source.publication", &publication, "publication")?;
         positive("source.status_interval_ms", source.status_interval_ms)?;
         positive("source.reconnect_max_backoff_ms", source.reconnect_max_backoff_ms)?;
+        positive("source.heartbeat_interval_ms", source.heartbeat_interval_ms)?;
 
         // [target]
         positive_opt("target.connect_timeout_ms", target.connect_timeout_ms)?;
@@ -1072,6 +1101,8 @@ impl Config {
             )
         })?;
 
+        positive("metrics.ready_max_lag_seconds", metrics.ready_max_lag_seconds)?;
+
         // [log]
         if let Err(source) = tracing_subscriber::EnvFilter::try_new(&log.level) {
             return Err(ConfigError::LogLevel { value: log.level, source });
@@ -1085,6 +1116,7 @@ impl Config {
                 publication,
                 status_interval: Duration::from_millis(source.status_interval_ms),
                 reconnect_max_backoff: Duration::from_millis(source.reconnect_max_backoff_ms),
+                heartbeat_interval: Duration::from_millis(source.heartbeat_interval_ms),
             },
             target: TargetSettings { url: target_url, same_as_source },
             tables: validated,
@@ -1092,7 +1124,10 @@ impl Config {
             backfill,
             verify,
             redis,
-            metrics: MetricsSettings { listen },
+            metrics: MetricsSettings {
+                listen,
+                ready_max_lag: Duration::from_secs(metrics.ready_max_lag_seconds),
+            },
             log,
         })
     }

@@ -2,18 +2,28 @@
 //! command, map the outcome to an exit code. Synchronous set-up (config,
 //! logging) happens before the async runtime is built.
 
+use std::io::{IsTerminal, Write};
+use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use std::time::Duration;
 
 use clap::Parser;
 
 use walshift::cli::{Cli, Command};
+use walshift::commands::run::RunOptions;
+use walshift::commands::status::LiveStatus;
 use walshift::commands::{self, setup::Outcome};
 use walshift::config::{Config, LogFormat, ValidatedConfig};
 use walshift::demo::{self, DemoOptions};
 use walshift::error::{self, Error};
-use walshift::runtime::shutdown;
+use walshift::lag::Lag;
+use walshift::runtime::shutdown::{self, Shutdown};
+use walshift::telemetry::http::{self, Endpoints, StatusSource};
+
+/// Refresh interval of `status --watch`.
+const WATCH_INTERVAL: Duration = Duration::from_secs(2);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -30,10 +40,25 @@ fn load_config(cli: &Cli) -> Result<ValidatedConfig, Error> {
     Ok(Config::load(&cli.config)?.validate()?)
 }
 
-/// Serves Prometheus metrics on `[metrics] listen`.
-fn serve_metrics(cfg: &ValidatedConfig) -> Result<(), Error> {
-    walshift::telemetry::metrics::install(cfg.metrics.listen)
-        .map_err(|e| Error::Precondition(format!("{e}; set [metrics] listen to a free address")))
+/// Installs the metrics recorder and serves the HTTP endpoints on
+/// `[metrics] listen` (`status`: what `/status` and `/readyz` answer).
+/// Returns the bound address.
+async fn serve_http(
+    cfg: &ValidatedConfig,
+    status: Option<Arc<dyn StatusSource>>,
+    shutdown: Shutdown,
+) -> Result<SocketAddr, Error> {
+    let metrics = walshift::telemetry::metrics::install().map_err(Error::Internal)?;
+    let (listener, addr) = http::bind(cfg.metrics.listen).await.map_err(|e| {
+        Error::Precondition(format!(
+            "metrics.listen: cannot listen on {}: {e}; set [metrics] listen to a free address",
+            cfg.metrics.listen
+        ))
+    })?;
+    let endpoints = Arc::new(Endpoints { metrics, status });
+    let _server =
+        walshift::runtime::tasks::spawn_named("http", http::serve(listener, endpoints, shutdown));
+    Ok(addr)
 }
 
 fn try_main(cli: Cli) -> Result<error::ExitCode, Error> {
@@ -73,8 +98,12 @@ fn try_main(cli: Cli) -> Result<error::ExitCode, Error> {
                 Ok(error::ExitCode::Success)
             }
             Command::Run => {
-                serve_metrics(&cfg)?;
-                let summary = commands::run::run(&cfg, shutdown::on_signals()).await?;
+                let shutdown = shutdown::on_signals();
+                let lag = Arc::new(Lag::default());
+                let live = Arc::new(LiveStatus::new(cfg.clone(), Arc::clone(&lag)));
+                let addr = serve_http(&cfg, Some(live), shutdown.clone()).await?;
+                let options = RunOptions { lag, http_addr: Some(addr), ..RunOptions::default() };
+                let summary = commands::run::run_with(&cfg, shutdown, options).await?;
                 tracing::info!(
                     transactions = summary.applied.transactions,
                     changes = summary.applied.changes,
@@ -86,8 +115,8 @@ fn try_main(cli: Cli) -> Result<error::ExitCode, Error> {
                 Ok(error::ExitCode::Success)
             }
             Command::Backfill(args) => {
-                serve_metrics(&cfg)?;
                 let shutdown = shutdown::on_signals();
+                serve_http(&cfg, None, shutdown.clone()).await?;
                 let (summary, tables) =
                     commands::backfill::run(&cfg, args.tables.clone(), args.restart, shutdown)
                         .await?;
@@ -141,8 +170,28 @@ fn try_main(cli: Cli) -> Result<error::ExitCode, Error> {
                     _ => error::ExitCode::Failure,
                 })
             }
+            Command::Status(args) if args.watch => {
+                let mut shutdown = shutdown::on_signals();
+                let tty = std::io::stdout().is_terminal();
+                loop {
+                    let status = commands::status::query(&cfg).await?;
+                    let mut frame = Vec::new();
+                    commands::status::render(&status, &mut frame).map_err(Error::Output)?;
+                    let mut stdout = std::io::stdout();
+                    if tty {
+                        // Clear the screen and draw at the top: refreshes in place.
+                        stdout.write_all(b"\x1b[2J\x1b[H").map_err(Error::Output)?;
+                    }
+                    stdout.write_all(&frame).map_err(Error::Output)?;
+                    stdout.flush().map_err(Error::Output)?;
+                    tokio::select! {
+                        () = tokio::time::sleep(WATCH_INTERVAL) => {}
+                        () = shutdown.wait() => return Ok(error::ExitCode::Success),
+                    }
+                }
+            }
             Command::Status(args) => {
-                let status = commands::status::read(&cfg).await?;
+                let status = commands::status::query(&cfg).await?;
                 let mut stdout = std::io::stdout();
                 if args.json {
                     let text = serde_json::to_string(&status)

@@ -57,11 +57,12 @@ use tokio_postgres::types::PgLsn;
 use crate::apply::batch::{PendingOps, Pushed};
 use crate::apply::between::{BetweenCtx, BetweenTxns, Step, WorkError};
 use crate::apply::writer::{WriteError, Writer};
-use crate::change::StreamItem;
+use crate::change::{Change, StreamItem};
 use crate::lag::Lag;
 use crate::lsn::Lsn;
 use crate::pg::client::{self, SqlErrorKind};
 use crate::runtime::shutdown::Shutdown;
+use crate::telemetry::metrics as m;
 use crate::transform::Plan;
 use crate::transform::plan::MissingToast;
 
@@ -282,6 +283,11 @@ pub struct Applier {
     stream_turn: bool,
     /// Where the lag is computed (shared with pacing and status).
     lag: Arc<Lag>,
+    /// Row changes in the open batch per table and op (insert, update,
+    /// delete), counted into [`m::APPLY_CHANGES`] at commit.
+    op_counts: Vec<[u64; 3]>,
+    /// The metric handles of `op_counts`, resolved once.
+    op_counters: Vec<[metrics::Counter; 3]>,
 }
 
 impl std::fmt::Debug for Applier {
@@ -307,6 +313,17 @@ impl Applier {
             .batch_execute("set synchronous_commit = off")
             .await
             .map_err(ApplyError::sql("configuring the apply session"))?;
+        let op_counters: Vec<[metrics::Counter; 3]> = plan
+            .tables
+            .iter()
+            .map(|t| {
+                let table = t.target.readable();
+                ["insert", "update", "delete"].map(|op| {
+                    metrics::counter!(m::APPLY_CHANGES, m::LABEL_TABLE => table.clone(),
+                        m::LABEL_OP => op)
+                })
+            })
+            .collect();
         let mut applier = Applier {
             pending: PendingOps::new(plan.tables.len()),
             writer: Writer::new(client, source, Arc::clone(&plan)),
@@ -322,6 +339,8 @@ impl Applier {
             applied: checkpoint,
             stream_turn: false,
             lag: Arc::new(Lag::default()),
+            op_counts: vec![[0; 3]; op_counters.len()],
+            op_counters,
         };
         // The checkpoint may itself be an unflushed asynchronous commit of a
         // previous run: it only counts as durable once the WAL is flushed.
@@ -362,6 +381,7 @@ impl Applier {
 
     fn release(&mut self, target_flush: u64) {
         if let Some(durable) = self.durability.flushed(target_flush) {
+            self.lag.durable(durable);
             self.durable_tx.send_replace(durable);
         }
     }
@@ -491,6 +511,14 @@ impl Applier {
                 for w in &mut self.work {
                     w.change(&change);
                 }
+                let op = match &change {
+                    Change::Insert { .. } => 0,
+                    Change::Update { .. } => 1,
+                    Change::Delete { .. } => 2,
+                };
+                if let Some(c) = self.op_counts.get_mut(change.table()) {
+                    c[op] += 1;
+                }
                 let pushed = self
                     .pending
                     .push(&self.plan, change)
@@ -597,6 +625,20 @@ impl Applier {
             row.try_get(0).map_err(ApplyError::sql("reading the target's WAL position"))?;
         let flush: PgLsn =
             row.try_get(1).map_err(ApplyError::sql("reading the target's WAL position"))?;
+        if let Some(b) = &self.batch {
+            metrics::histogram!(m::APPLY_BATCH_DURATION).record(b.started.elapsed().as_secs_f64());
+        }
+        metrics::histogram!(m::APPLY_BATCH_ROWS).record(changes as f64);
+        metrics::counter!(m::APPLY_COMMITS).increment(1);
+        metrics::counter!(m::APPLY_TRANSACTIONS).increment(transactions);
+        for (counts, counters) in self.op_counts.iter_mut().zip(&self.op_counters) {
+            for (n, counter) in counts.iter_mut().zip(counters) {
+                if *n > 0 {
+                    counter.increment(*n);
+                    *n = 0;
+                }
+            }
+        }
         self.batch = None;
         self.stream_turn = false;
         self.applied = end_lsn;

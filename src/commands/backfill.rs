@@ -58,7 +58,13 @@ pub async fn run(
             }
         })
     });
-    let options = RunOptions { tables, restart, until_backfilled: true, board: Arc::clone(&board) };
+    let options = RunOptions {
+        tables,
+        restart,
+        until_backfilled: true,
+        board: Arc::clone(&board),
+        ..RunOptions::default()
+    };
     let summary = run::run_with(cfg, shutdown, options).await;
     if let Some(bar) = bar {
         bar.abort();

@@ -63,6 +63,11 @@ pub struct RunOptions {
     pub until_backfilled: bool,
     /// Live backfill progress, for whoever shows it.
     pub board: Arc<BackfillBoard>,
+    /// Where the lag is computed (shared with `/status` and `/readyz`).
+    pub lag: Arc<Lag>,
+    /// Where this process's HTTP listener answers, recorded in the state
+    /// schema for `walshift status`.
+    pub http_addr: Option<std::net::SocketAddr>,
 }
 
 /// Totals of a `run` that was stopped.
@@ -248,8 +253,15 @@ pub async fn run_with(
         slot = %cfg.source.slot,
         "mapping compiled; starting to apply"
     );
+    if let Some(addr) = options.http_addr {
+        register_instance(cfg, addr).await;
+    }
     // Shared by every session and the verification loop.
-    let shared = Shared::new(cfg, &plan, options.until_backfilled);
+    let shared = Shared::new(cfg, &plan, options.until_backfilled, Arc::clone(&options.lag));
+    let heartbeat_task = spawn_named(
+        "heartbeat",
+        crate::replication::heartbeat::run(cfg.clone(), Arc::clone(&shared.lag), shutdown.clone()),
+    );
     let verify_task = shared.dirty.as_ref().map(|dirty| {
         let periodic = Periodic {
             cfg: cfg.clone(),
@@ -262,6 +274,8 @@ pub async fn run_with(
         spawn_named("verify", verify::periodic::run(periodic, shutdown.clone()))
     });
     let result = sessions(cfg, plan, &backfill, &options, &shared, shutdown).await;
+    heartbeat_task.abort();
+    let _ = heartbeat_task.await;
     if let Some(task) = verify_task {
         // Verification state is written chunk by chunk: stopping it
         // anywhere is safe (the next run resumes the pass).
@@ -281,7 +295,7 @@ struct Shared {
 }
 
 impl Shared {
-    fn new(cfg: &ValidatedConfig, plan: &Plan, until_backfilled: bool) -> Self {
+    fn new(cfg: &ValidatedConfig, plan: &Plan, until_backfilled: bool, lag: Arc<Lag>) -> Self {
         let verify = cfg.verify.enabled && !until_backfilled;
         let dirty =
             verify.then(|| Arc::new(DirtyKeys::new(plan.tables.len(), dirty::DEFAULT_CAPACITY)));
@@ -292,7 +306,7 @@ impl Shared {
         } else {
             (None, None)
         };
-        Shared { lag: Arc::new(Lag::default()), dirty, repair_tx, repair_queue }
+        Shared { lag, dirty, repair_tx, repair_queue }
     }
 }
 
@@ -374,6 +388,30 @@ fn add(total: &mut ApplyStats, stats: ApplyStats) {
     total.transactions += stats.transactions;
     total.changes += stats.changes;
     total.commits += stats.commits;
+}
+
+/// Records this process and its HTTP listener as the migration's instance
+/// (best effort: `status` then falls back to the state schema).
+async fn register_instance(cfg: &ValidatedConfig, addr: std::net::SocketAddr) {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".to_owned());
+    let instance = crate::state::instance::Instance {
+        pid: i32::try_from(std::process::id()).unwrap_or(0),
+        host,
+        http_addr: addr.to_string(),
+    };
+    let registered = async {
+        let target = client::connect(&cfg.target.url, "run", SessionLimits::ADMIN)
+            .await
+            .map_err(|e| error::display_chain(&e))?;
+        crate::state::instance::register(&target, &cfg.migration_name, &instance)
+            .await
+            .map_err(|e| client::server_message(&e))
+    };
+    if let Err(e) = registered.await {
+        tracing::warn!(error = %e, "cannot record this instance; `walshift status` will read the state schema");
+    }
 }
 
 /// Starts `tables` over: their progress is reset and chunks overwrite.
@@ -493,7 +531,8 @@ async fn session(
     tracing::info!(%checkpoint, strict_through = %strict_through, "streaming");
 
     let (tx, rx) = mpsc::channel(reader::CHANNEL_CHUNKS);
-    let reader = Reader::new(stream, plan, checkpoint, tx, durable_rx);
+    let reader =
+        Reader::new(stream, plan, checkpoint, tx, durable_rx).with_lag(Arc::clone(&shared.lag));
     let reader_task = spawn_named("reader", reader.run(shutdown.clone()));
     let applier_task = spawn_named("applier", applier.run(rx, shutdown));
     let (read, applied) = tokio::join!(reader_task, applier_task);

@@ -12,10 +12,16 @@ use crate::config::ValidatedConfig;
 use crate::error::Error;
 use crate::pg::client::{self, SessionLimits};
 use crate::pg::{catalog, migrate};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::lag::{Lag, LagSample, SlotHealth};
 use crate::state::verify::{self as store, Difference, Runner, TableVerifyState};
+use crate::telemetry::http::{StatusFuture, StatusSource};
+use tokio_postgres::Client;
 
 /// One table's backfill, as `status` reports it.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 pub struct BackfillStatus {
     /// Source table.
     pub source: String,
@@ -44,7 +50,7 @@ pub struct BackfillStatus {
 }
 
 /// What `status` reports.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 pub struct Status {
     /// Migration name.
     pub migration: String,
@@ -67,16 +73,58 @@ pub struct Status {
     pub differences: Vec<Difference>,
     /// Differences stored in all.
     pub differences_total: usize,
+    /// Who answered: `instance` (a running `walshift run`, through its
+    /// `/status`) or `state schema` (read directly from the target's state
+    /// schema and the source catalog).
+    pub answered_by: String,
+    /// Why the state schema answered, when an instance was expected.
+    pub note: Option<String>,
+    /// The running instance's live figures (only when it answered).
+    pub live: Option<LiveFigures>,
+}
+
+/// What only a running instance knows.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct LiveFigures {
+    /// Process id.
+    pub pid: u32,
+    /// Seconds since it started.
+    pub uptime_seconds: f64,
+    /// Whether the replication stream is connected.
+    pub stream_connected: bool,
+    /// Lag in seconds (`None`: unknown, e.g. right after a reconnect).
+    pub lag_seconds: Option<f64>,
+    /// Lag in bytes.
+    pub lag_bytes: Option<u64>,
+    /// Seconds since the source time of the newest heartbeat applied.
+    pub heartbeat_age_seconds: Option<f64>,
+    /// The slot as the source last reported it.
+    pub slot: SlotHealth,
+    /// Whether `/readyz` says ready, and why not.
+    pub ready: bool,
+    /// Why not ready.
+    pub not_ready_reason: Option<String>,
+    /// The last 15 minutes of lag, one sample per second.
+    pub history: Vec<LagSample>,
 }
 
 /// Differences `status` lists.
 const STATUS_DIFFERENCES: usize = 20;
 
-/// Reads the status.
+/// Reads the status from the state schema and the source catalog.
 pub async fn read(cfg: &ValidatedConfig) -> Result<Status, Error> {
     let target = client::connect(&cfg.target.url, "status", SessionLimits::ADMIN).await?;
     let source = client::connect(&cfg.source.url, "status", SessionLimits::ADMIN).await?;
-    if !migrate::state_schema_exists(&target)
+    read_with(cfg, &source, &target).await
+}
+
+/// [`read`] over open sessions.
+pub async fn read_with(
+    cfg: &ValidatedConfig,
+    source: &Client,
+    target: &Client,
+) -> Result<Status, Error> {
+    if !migrate::state_schema_exists(target)
         .await
         .map_err(Error::sql("looking up the state schema"))?
     {
@@ -101,7 +149,7 @@ pub async fn read(cfg: &ValidatedConfig) -> Result<Status, Error> {
         }
         None => (None, None),
     };
-    let slot = catalog::slot_info(&source, &cfg.source.slot)
+    let slot = catalog::slot_info(source, &cfg.source.slot)
         .await
         .map_err(Error::sql("looking up the replication slot"))?;
     let retained: Option<i64> = source
@@ -188,10 +236,10 @@ pub async fn read(cfg: &ValidatedConfig) -> Result<Status, Error> {
         .map_err(Error::sql("looking up the verification state"))?;
     let (verify, mut differences) = if has_verify {
         (
-            store::load(&target, &cfg.migration_name, None)
+            store::load(target, &cfg.migration_name, None)
                 .await
                 .map_err(Error::sql("reading the verification state"))?,
-            store::differences(&target, &cfg.migration_name, None)
+            store::differences(target, &cfg.migration_name, None)
                 .await
                 .map_err(Error::sql("reading the verification differences"))?,
         )
@@ -211,12 +259,193 @@ pub async fn read(cfg: &ValidatedConfig) -> Result<Status, Error> {
         verify,
         differences,
         differences_total,
+        answered_by: "state schema".into(),
+        note: None,
+        live: None,
     })
+}
+
+/// How long `walshift status` waits for a running instance's `/status`.
+pub const INSTANCE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Reads the status from the running instance (its `/status`) when one
+/// answers within [`INSTANCE_TIMEOUT`], else from the state schema and the
+/// source catalog, saying why.
+pub async fn query(cfg: &ValidatedConfig) -> Result<Status, Error> {
+    let target = client::connect(&cfg.target.url, "status", SessionLimits::ADMIN).await?;
+    let instance = crate::state::instance::lookup(&target, &cfg.migration_name)
+        .await
+        .map_err(Error::sql("looking up the running instance"))?;
+    let note = match &instance {
+        Some(i) => match fetch_status(&i.http_addr).await {
+            Ok(status) => return Ok(status),
+            Err(why) => format!(
+                "the last walshift run (pid {} on {}, {}) did not answer ({why}); read from the \
+                 state schema and the source catalog",
+                i.pid, i.host, i.http_addr
+            ),
+        },
+        None => "no walshift run has registered; read from the state schema and the source \
+                 catalog"
+            .to_owned(),
+    };
+    let source = client::connect(&cfg.source.url, "status", SessionLimits::ADMIN).await?;
+    let mut status = read_with(cfg, &source, &target).await?;
+    status.note = Some(note);
+    Ok(status)
+}
+
+/// `GET /status` from `addr`, within [`INSTANCE_TIMEOUT`].
+async fn fetch_status(addr: &str) -> Result<Status, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fetch = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+        stream
+            .write_all(b"GET /status HTTP/1.1\r\nhost: walshift\r\nconnection: close\r\n\r\n")
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await.map_err(|e| e.to_string())?;
+        Ok::<Vec<u8>, String>(response)
+    };
+    let response = tokio::time::timeout(INSTANCE_TIMEOUT, fetch)
+        .await
+        .map_err(|_| format!("no answer within {} s", INSTANCE_TIMEOUT.as_secs()))??;
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| "not an HTTP response".to_owned())?;
+    let head = String::from_utf8_lossy(&response[..split]);
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(head.lines().next().unwrap_or("bad response").to_owned());
+    }
+    serde_json::from_slice(&response[split + 4..]).map_err(|e| format!("unreadable /status: {e}"))
+}
+
+/// Answers `/status` and `/readyz` for a running `walshift run`: the same
+/// document as `walshift status --json`, plus the live figures.
+pub struct LiveStatus {
+    cfg: ValidatedConfig,
+    lag: Arc<Lag>,
+    started: Instant,
+    sessions: tokio::sync::Mutex<Option<(Client, Client)>>,
+}
+
+impl LiveStatus {
+    /// The live status of the run configured by `cfg`, whose lag is `lag`.
+    pub fn new(cfg: ValidatedConfig, lag: Arc<Lag>) -> Self {
+        LiveStatus { cfg, lag, started: Instant::now(), sessions: tokio::sync::Mutex::new(None) }
+    }
+
+    fn figures(&self) -> LiveFigures {
+        let ready = self.readiness();
+        let heartbeat_age_seconds = self
+            .lag
+            .heartbeat_applied()
+            .and_then(|t| std::time::SystemTime::now().duration_since(t).ok())
+            .map(|d| d.as_secs_f64());
+        LiveFigures {
+            pid: std::process::id(),
+            uptime_seconds: self.started.elapsed().as_secs_f64(),
+            stream_connected: self.lag.is_connected(),
+            lag_seconds: self.lag.seconds().map(|d| d.as_secs_f64()),
+            lag_bytes: self.lag.bytes(),
+            heartbeat_age_seconds,
+            slot: self.lag.slot(),
+            ready: ready.is_ok(),
+            not_ready_reason: ready.err(),
+            history: self.lag.history(),
+        }
+    }
+
+    async fn read(&self) -> Result<Status, String> {
+        let mut sessions = self.sessions.lock().await;
+        if sessions.is_none() {
+            let source = client::connect(&self.cfg.source.url, "status", SessionLimits::ADMIN)
+                .await
+                .map_err(|e| crate::error::display_chain(&e))?;
+            let target = client::connect(&self.cfg.target.url, "status", SessionLimits::ADMIN)
+                .await
+                .map_err(|e| crate::error::display_chain(&e))?;
+            *sessions = Some((source, target));
+        }
+        let Some((source, target)) = sessions.as_ref() else {
+            return Err("no status session".into());
+        };
+        match read_with(&self.cfg, source, target).await {
+            Ok(mut status) => {
+                status.answered_by = "instance".into();
+                status.live = Some(self.figures());
+                Ok(status)
+            }
+            Err(e) => {
+                // Reconnect on the next request.
+                *sessions = None;
+                Err(crate::error::display_chain(&e))
+            }
+        }
+    }
+}
+
+impl StatusSource for LiveStatus {
+    fn status_json(&self) -> StatusFuture<'_> {
+        Box::pin(async move {
+            let status = self.read().await?;
+            serde_json::to_string(&status).map_err(|e| e.to_string())
+        })
+    }
+
+    fn readiness(&self) -> Result<(), String> {
+        if !self.lag.is_connected() {
+            return Err("the replication stream is not connected".into());
+        }
+        match self.lag.seconds() {
+            None => Err("replication lag is unknown: no heartbeat came back through the stream \
+                         since it connected"
+                .into()),
+            Some(lag) if lag > self.cfg.metrics.ready_max_lag => Err(format!(
+                "replication lag {:.1} s is over metrics.ready_max_lag_seconds ({} s)",
+                lag.as_secs_f64(),
+                self.cfg.metrics.ready_max_lag.as_secs()
+            )),
+            Some(_) => Ok(()),
+        }
+    }
 }
 
 /// Writes `status` for humans.
 pub fn render(status: &Status, out: &mut impl Write) -> std::io::Result<()> {
     writeln!(out, "migration {}", status.migration)?;
+    match &status.live {
+        Some(live) => {
+            writeln!(
+                out,
+                "  answered by walshift run (pid {}, up {}): stream {}, {}",
+                live.pid,
+                human(Duration::from_secs_f64(live.uptime_seconds.max(0.0))),
+                if live.stream_connected { "connected" } else { "disconnected" },
+                if live.ready {
+                    "ready".to_owned()
+                } else {
+                    format!("not ready: {}", live.not_ready_reason.as_deref().unwrap_or("?"))
+                }
+            )?;
+            let seconds =
+                live.lag_seconds.map_or_else(|| "unknown".to_owned(), |l| format!("{l:.2} s"));
+            let bytes = live
+                .lag_bytes
+                .map_or_else(|| "unknown".to_owned(), |b| format!("{} bytes", group(b)));
+            writeln!(out, "  lag {seconds}, {bytes}")?;
+            if let Some(age) = live.heartbeat_age_seconds {
+                writeln!(out, "  last heartbeat applied {age:.1} s ago")?;
+            }
+        }
+        None => {
+            if let Some(note) = &status.note {
+                writeln!(out, "  {note}")?;
+            }
+        }
+    }
     match (&status.applied_lsn, status.applied_age_seconds) {
         (Some(lsn), Some(age)) => {
             writeln!(out, "  applied position {lsn} (stored {age:.1} s ago)")?;
@@ -232,6 +461,26 @@ pub fn render(status: &Status, out: &mut impl Write) -> std::io::Result<()> {
         status.slot,
         if status.slot_active { "streaming" } else { "not in use" }
     )?;
+    if let Some(slot) = status.live.as_ref().map(|l| &l.slot) {
+        if let Some(st) = &slot.wal_status {
+            let safe = slot.safe_wal_size.map_or_else(String::new, |b| {
+                format!(", {} bytes before it is invalidated", group(b.max(0) as u64))
+            });
+            writeln!(out, "  slot wal_status {st}{safe}")?;
+        }
+    }
+    if !status.slot_active {
+        if let Some(bytes) = status.slot_retained_bytes {
+            writeln!(
+                out,
+                "  warning: no walshift run consumes slot {}: the source keeps its {} bytes of WAL \
+                 and more as it writes, until a run catches up (or `walshift teardown` drops the \
+                 slot)",
+                status.slot,
+                group(bytes.max(0) as u64)
+            )?;
+        }
+    }
     if status.backfill.is_empty() {
         writeln!(out, "backfill: not started")?;
     } else {
@@ -376,6 +625,9 @@ mod tests {
             verify: vec![],
             differences: vec![],
             differences_total: 0,
+            answered_by: "state schema".into(),
+            note: None,
+            live: None,
         };
         let mut out = Vec::new();
         render(&status, &mut out).unwrap();

@@ -13,6 +13,7 @@
 //! Progress rule: the flush LSN sent to the server is only ever a position
 //! the caller has confirmed as durably processed (see [`stream`]).
 
+pub mod heartbeat;
 pub mod pgoutput;
 pub mod protocol;
 pub mod reader;

@@ -35,11 +35,13 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, watch};
 
 use crate::change::{Change, StreamItem};
+use crate::lag::Lag;
 use crate::lsn::Lsn;
 use crate::replication::pgoutput::{PgOutputMessage, PgTimestamp};
 use crate::replication::relation_cache::{RelationCache, RelationUpdate};
 use crate::replication::stream::{LogicalStream, StreamError, StreamEvent};
 use crate::runtime::shutdown::Shutdown;
+use crate::telemetry::metrics as m;
 use crate::transform::{DriftError, Plan, ProjectError, Projection};
 
 /// Items per chunk: large enough that channel overhead is per thousand rows,
@@ -131,6 +133,7 @@ pub struct Reader {
     chunk: Vec<StreamItem>,
     chunk_bytes: usize,
     stats: ReaderStats,
+    lag: Option<Arc<Lag>>,
 }
 
 impl std::fmt::Debug for Reader {
@@ -170,13 +173,35 @@ impl Reader {
             chunk: Vec::with_capacity(CHUNK_MAX_ITEMS),
             chunk_bytes: 0,
             stats: ReaderStats::default(),
+            lag: None,
         }
+    }
+
+    /// Reports forwarded transactions, the server's WAL end and the
+    /// connection into `lag`.
+    pub fn with_lag(mut self, lag: Arc<Lag>) -> Self {
+        self.lag = Some(lag);
+        self
     }
 
     /// Reads until shutdown, an error, or the applier going away. On
     /// shutdown it stops forwarding, waits for the applier to finish and
     /// reports its final durable position before closing the stream.
-    pub async fn run(mut self, mut shutdown: Shutdown) -> Result<ReaderStats, ReaderError> {
+    pub async fn run(self, shutdown: Shutdown) -> Result<ReaderStats, ReaderError> {
+        let lag = self.lag.clone();
+        if let Some(lag) = &lag {
+            lag.connected(true);
+        }
+        metrics::gauge!(m::STREAM_CONNECTED).set(1.0);
+        let result = self.read(shutdown).await;
+        if let Some(lag) = &lag {
+            lag.connected(false);
+        }
+        metrics::gauge!(m::STREAM_CONNECTED).set(0.0);
+        result
+    }
+
+    async fn read(mut self, mut shutdown: Shutdown) -> Result<ReaderStats, ReaderError> {
         loop {
             while let Some(event) = self.stream.next_buffered()? {
                 self.handle(event)?;
@@ -282,6 +307,9 @@ impl Reader {
         let (lsn, message) = match event {
             StreamEvent::Keepalive { wal_end } => {
                 self.keepalive_end = self.keepalive_end.max(wal_end);
+                if let Some(lag) = &self.lag {
+                    lag.wal_end(wal_end);
+                }
                 return Ok(());
             }
             StreamEvent::Message { lsn, message } => (lsn, message),
@@ -306,10 +334,11 @@ impl Reader {
                     return Err(Self::protocol(lsn, "commit outside a transaction"));
                 }
                 if !skipping {
-                    self.push(StreamItem::Commit {
-                        end_lsn: commit.end_lsn,
-                        commit_time: system_time(commit.commit_time),
-                    });
+                    let commit_time = system_time(commit.commit_time);
+                    if let Some(lag) = &self.lag {
+                        lag.forwarded(commit.end_lsn, commit_time);
+                    }
+                    self.push(StreamItem::Commit { end_lsn: commit.end_lsn, commit_time });
                 }
                 self.last_end = self.last_end.max(commit.end_lsn);
             }

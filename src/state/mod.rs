@@ -8,11 +8,13 @@
 //! | `progress` | every apply commit, same transaction as its rows | [`progress`] |
 //! | `backfill` | every backfill chunk, same transaction as its rows | [`backfill`] |
 //! | `verify_tables`, `verify_differences` | each verification chunk and pass | [`verify`] |
+//! | `instances` | each start of `walshift run` (where its `/status` answers) | [`instance`] |
 //!
 //! The schema itself is created and upgraded by [`schema`] from the
 //! append-only files under `sql/`.
 
 pub mod backfill;
+pub mod instance;
 pub mod progress;
 pub mod schema;
 pub mod verify;

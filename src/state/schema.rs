@@ -15,6 +15,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (1, "state", include_str!("../../sql/0001_state.sql")),
     (2, "backfill", include_str!("../../sql/0002_backfill.sql")),
     (3, "verify", include_str!("../../sql/0003_verify.sql")),
+    (4, "instances", include_str!("../../sql/0004_instances.sql")),
 ];
 
 /// Advisory lock key serializing migrations ("walshift" in ASCII, truncated).

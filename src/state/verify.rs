@@ -11,7 +11,7 @@ use crate::lsn::Lsn;
 
 /// Who runs a pass: the periodic verification inside `walshift run`, or
 /// `walshift verify` in the foreground. Each keeps its own pass cursor.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Runner {
     /// Inside `walshift run`.
@@ -32,7 +32,7 @@ impl Runner {
 
 /// A full pass compares every key range; an incremental one only the keys
 /// the stream changed since the last pass.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PassKind {
     /// Every key range.
@@ -56,7 +56,7 @@ impl PassKind {
 }
 
 /// How a pass ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PassResult {
     /// No difference.
@@ -87,7 +87,7 @@ impl PassResult {
 }
 
 /// Counters of one pass.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct PassCounters {
     /// Source rows compared (in the chunks checked).
     pub rows: u64,
@@ -104,7 +104,7 @@ pub struct PassCounters {
     /// Keys the stream kept changing while they were being confirmed (so
     /// each read saw a change in flight): not reported, checked again in
     /// the next pass. Not stored.
-    #[serde(skip_serializing_if = "is_zero")]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub deferred: u64,
 }
 
@@ -126,7 +126,7 @@ impl PassCounters {
 }
 
 /// A pass in progress.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct PassState {
     /// Full or incremental.
     pub kind: PassKind,
@@ -141,7 +141,7 @@ pub struct PassState {
 }
 
 /// The last finished pass.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct LastPass {
     /// Full or incremental.
     pub kind: PassKind,
@@ -162,7 +162,7 @@ pub struct LastPass {
 }
 
 /// One table's stored verification state for one runner.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct TableVerifyState {
     /// Source table.
     pub source_table: String,
@@ -190,7 +190,7 @@ pub struct TableVerifyState {
 }
 
 /// The kind of a difference.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DiffKind {
     /// In `transform(source)`, not in the target.
@@ -221,7 +221,7 @@ impl DiffKind {
 }
 
 /// One differing column of a `different` row.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct ColumnDiff {
     /// Target column.
     pub column: String,
@@ -232,7 +232,7 @@ pub struct ColumnDiff {
 }
 
 /// A difference, down to the key.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Difference {
     /// Target table.
     pub table: String,

@@ -5,9 +5,8 @@
 //! happens; they cost nothing until [`install`] sets up the exporter (the
 //! `run` and `backfill` commands do, on `[metrics] listen`).
 
-use std::net::SocketAddr;
-
-use metrics::{Unit, describe_counter, describe_gauge};
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// Rows the backfill copied, per target table.
 pub const BACKFILL_ROWS_COPIED: &str = "walshift_backfill_rows_copied_total";
@@ -42,8 +41,82 @@ pub const VERIFY_LAST_CLEAN: &str = "walshift_verify_last_clean_timestamp_second
 /// 1 while a verification pass runs.
 pub const VERIFY_RUNNING: &str = "walshift_verify_running";
 
+/// Bytes of WAL between the server's WAL end (as the stream last reported
+/// it) and the position durably applied to the target.
+pub const REPLICATION_LAG_BYTES: &str = "walshift_replication_lag_bytes";
+/// Seconds between the source's clock now and the source commit time of the
+/// newest applied transaction (heartbeats keep it honest when idle).
+pub const REPLICATION_LAG_SECONDS: &str = "walshift_replication_lag_seconds";
+/// Source commit time (Unix seconds) of the newest heartbeat applied.
+pub const HEARTBEAT_LAST_APPLIED: &str = "walshift_heartbeat_last_applied_timestamp_seconds";
+/// WAL the slot retains on the source (`pg_current_wal_lsn() - restart_lsn`).
+pub const SLOT_RETAINED_WAL_BYTES: &str = "walshift_slot_retained_wal_bytes";
+/// `pg_replication_slots.safe_wal_size` (only when `max_slot_wal_keep_size` is set).
+pub const SLOT_SAFE_WAL_SIZE_BYTES: &str = "walshift_slot_safe_wal_size_bytes";
+/// 1 while the replication stream is connected.
+pub const STREAM_CONNECTED: &str = "walshift_stream_connected";
+/// Row changes applied, by table and op (`insert`, `update`, `delete`).
+pub const APPLY_CHANGES: &str = "walshift_apply_changes_total";
+/// Source transactions applied.
+pub const APPLY_TRANSACTIONS: &str = "walshift_apply_transactions_total";
+/// Target transactions committed.
+pub const APPLY_COMMITS: &str = "walshift_apply_commits_total";
+/// Duration of one target transaction (histogram).
+pub const APPLY_BATCH_DURATION: &str = "walshift_apply_batch_duration_seconds";
+/// Row changes in one target transaction (histogram).
+pub const APPLY_BATCH_ROWS: &str = "walshift_apply_batch_rows";
+/// Errors, by kind (`transient`, `strict_replay`, `fatal`).
+pub const ERRORS: &str = "walshift_errors_total";
+/// Sessions restarted after a transient error.
+pub const RECONNECTS: &str = "walshift_reconnects_total";
+/// 1, labelled with the version.
+pub const BUILD_INFO: &str = "walshift_build_info";
+/// Unix time the process started.
+pub const START_TIME: &str = "walshift_start_time_seconds";
+
+/// Every metric name walshift exports (alert rules and dashboards may only
+/// use these; a test checks them).
+pub const ALL: &[&str] = &[
+    BACKFILL_ROWS_COPIED,
+    BACKFILL_CHUNKS,
+    BACKFILL_ROWS_ESTIMATED,
+    BACKFILL_ROWS_PER_SECOND,
+    BACKFILL_ETA_SECONDS,
+    BACKFILL_COMPLETE,
+    BACKFILL_PAUSED,
+    BACKFILL_PAUSES,
+    BACKFILL_CHUNK_ROWS,
+    BACKFILL_CHUNK_RETRIES,
+    VERIFY_ROWS,
+    VERIFY_CHUNKS,
+    VERIFY_MISMATCHED_ROWS,
+    VERIFY_LAST_CLEAN,
+    VERIFY_RUNNING,
+    REPLICATION_LAG_BYTES,
+    REPLICATION_LAG_SECONDS,
+    HEARTBEAT_LAST_APPLIED,
+    SLOT_RETAINED_WAL_BYTES,
+    SLOT_SAFE_WAL_SIZE_BYTES,
+    STREAM_CONNECTED,
+    APPLY_CHANGES,
+    APPLY_TRANSACTIONS,
+    APPLY_COMMITS,
+    APPLY_BATCH_DURATION,
+    APPLY_BATCH_ROWS,
+    ERRORS,
+    RECONNECTS,
+    BUILD_INFO,
+    START_TIME,
+];
+
 /// Label holding the target table (`schema.table`).
 pub const LABEL_TABLE: &str = "table";
+/// Label holding a row change's kind (`insert`, `update`, `delete`).
+pub const LABEL_OP: &str = "op";
+/// Label holding an error's kind (`transient`, `strict_replay`, `fatal`).
+pub const LABEL_KIND: &str = "kind";
+/// Label holding the version (`walshift_build_info`).
+pub const LABEL_VERSION: &str = "version";
 /// Label holding a chunk's verification result (`match`, `mismatch`).
 pub const LABEL_RESULT: &str = "result";
 
@@ -79,6 +152,54 @@ pub fn describe() {
         "Backfill chunks read again because a parent row was not applied yet."
     );
     describe_verify();
+    describe_pipeline();
+}
+
+/// Registers the lag, slot, apply, error and process metrics' help texts.
+fn describe_pipeline() {
+    describe_gauge!(
+        REPLICATION_LAG_BYTES,
+        Unit::Bytes,
+        "Server WAL end minus the position durably applied to the target."
+    );
+    describe_gauge!(
+        REPLICATION_LAG_SECONDS,
+        Unit::Seconds,
+        "Age on the source's clock of the oldest source commit not applied yet (heartbeats keep it honest when idle)."
+    );
+    describe_gauge!(
+        HEARTBEAT_LAST_APPLIED,
+        Unit::Seconds,
+        "Source time (Unix seconds) of the newest heartbeat applied to the target."
+    );
+    describe_gauge!(
+        SLOT_RETAINED_WAL_BYTES,
+        Unit::Bytes,
+        "WAL the replication slot retains on the source (pg_current_wal_lsn() - restart_lsn)."
+    );
+    describe_gauge!(
+        SLOT_SAFE_WAL_SIZE_BYTES,
+        Unit::Bytes,
+        "WAL that can be written before the slot is invalidated (max_slot_wal_keep_size)."
+    );
+    describe_gauge!(STREAM_CONNECTED, "1 while the replication stream is connected.");
+    describe_counter!(APPLY_CHANGES, Unit::Count, "Row changes applied, by table and op.");
+    describe_counter!(APPLY_TRANSACTIONS, Unit::Count, "Source transactions applied.");
+    describe_counter!(APPLY_COMMITS, Unit::Count, "Target transactions committed.");
+    describe_histogram!(
+        APPLY_BATCH_DURATION,
+        Unit::Seconds,
+        "Duration of one target transaction, from its first change to its commit."
+    );
+    describe_histogram!(APPLY_BATCH_ROWS, Unit::Count, "Row changes in one target transaction.");
+    describe_counter!(
+        ERRORS,
+        Unit::Count,
+        "Errors by kind: transient (reconnect), strict_replay (batch replayed row by row), fatal."
+    );
+    describe_counter!(RECONNECTS, Unit::Count, "Sessions restarted after an error.");
+    describe_gauge!(BUILD_INFO, "1, labelled with walshift's version.");
+    describe_gauge!(START_TIME, Unit::Seconds, "Unix time the process started.");
 }
 
 /// Registers the verification metrics' help texts.
@@ -102,12 +223,42 @@ fn describe_verify() {
     describe_gauge!(VERIFY_RUNNING, "1 while a verification pass runs.");
 }
 
-/// Serves `/metrics` on `listen` (Prometheus text format).
-pub fn install(listen: SocketAddr) -> Result<(), String> {
-    metrics_exporter_prometheus::PrometheusBuilder::new()
-        .with_http_listener(listen)
-        .install()
-        .map_err(|e| format!("cannot serve metrics on {listen}: {e}"))?;
+/// Buckets of [`APPLY_BATCH_DURATION`]: a target transaction takes from
+/// a millisecond (a single-row commit) to seconds (a large source
+/// transaction flushed in pieces, or a backfill round next to it).
+const DURATION_BUCKETS: &[f64] =
+    &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// Buckets of [`APPLY_BATCH_ROWS`]: from one row to `batch_max_rows`
+/// (default 5,000) and beyond for flushed large transactions.
+const ROWS_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 5000.0, 10000.0];
+
+/// Installs the Prometheus recorder (histograms with the buckets above),
+/// registers help texts, and exports the series that must exist from the
+/// start (error counters at 0, so a `rate()` alert works before the first
+/// error; build info; start time). Returns the handle `/metrics` renders.
+pub fn install() -> Result<PrometheusHandle, String> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full(APPLY_BATCH_DURATION.to_owned()), DURATION_BUCKETS)
+        .and_then(|b| {
+            b.set_buckets_for_metric(Matcher::Full(APPLY_BATCH_ROWS.to_owned()), ROWS_BUCKETS)
+        })
+        .map_err(|e| format!("cannot configure metrics: {e}"))?
+        .install_recorder()
+        .map_err(|e| format!("cannot install the metrics recorder: {e}"))?;
     describe();
-    Ok(())
+    for kind in ["transient", "strict_replay", "fatal"] {
+        metrics::counter!(ERRORS, LABEL_KIND => kind).absolute(0);
+    }
+    metrics::counter!(RECONNECTS).absolute(0);
+    metrics::counter!(APPLY_TRANSACTIONS).absolute(0);
+    metrics::counter!(APPLY_COMMITS).absolute(0);
+    metrics::gauge!(STREAM_CONNECTED).set(0.0);
+    metrics::gauge!(VERIFY_RUNNING).set(0.0);
+    metrics::gauge!(BUILD_INFO, LABEL_VERSION => env!("CARGO_PKG_VERSION")).set(1.0);
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    metrics::gauge!(START_TIME).set(started);
+    Ok(handle)
 }

@@ -2,6 +2,7 @@
 //! output (`tail` prints JSON lines there). `[log] format = "json"` gives one
 //! JSON object per line for log shippers.
 
+pub mod http;
 pub mod metrics;
 
 use std::io::IsTerminal;

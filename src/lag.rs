@@ -308,14 +308,15 @@ mod tests {
         let lag = Lag::default();
         assert_eq!(lag.seconds(), None, "not connected");
         lag.connected(true);
+        // The source's clock is 5 s ahead of ours.
         let now = SystemTime::now();
-        lag.heartbeat_written(Lsn(100), now - Duration::from_secs(5), now);
+        lag.heartbeat_written(Lsn(100), now + Duration::from_secs(5), now);
         assert_eq!(lag.seconds(), None, "no heartbeat back yet");
         lag.applied(Lsn(101), None);
         assert_eq!(lag.seconds(), Some(Duration::ZERO), "caught up");
         assert!(lag.heartbeat_applied().is_some());
-        // The source clock is 5 s ahead of ours: a commit made on the source
-        // 2 s ago (source clock) is 2 s old, not 7 or -3.
+        // A commit made on the source 2 s ago (source clock) is 2 s old,
+        // not 7 or -3.
         let source_now = SystemTime::now() + Duration::from_secs(5);
         lag.forwarded(Lsn(200), source_now - Duration::from_secs(2));
         lag.forwarded(Lsn(300), source_now - Duration::from_secs(1));
@@ -325,7 +326,8 @@ mod tests {
         let s = lag.seconds().unwrap();
         assert!(s >= Duration::from_secs(1) && s < Duration::from_millis(1500), "{s:?}");
         // A heartbeat still in the walsender counts as well.
-        lag.heartbeat_written(Lsn(400), source_now - Duration::from_secs(3), SystemTime::now());
+        let three_ago = SystemTime::now() - Duration::from_secs(3);
+        lag.heartbeat_written(Lsn(400), three_ago + Duration::from_secs(5), three_ago);
         let s = lag.seconds().unwrap();
         assert!(s >= Duration::from_secs(3), "{s:?}");
         lag.applied(Lsn(401), None);

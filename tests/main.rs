@@ -11,6 +11,7 @@ mod backfill_crash;
 mod connect;
 mod demo;
 mod harness;
+mod observability;
 mod setup;
 mod support;
 mod tail;

@@ -82,6 +82,11 @@ impl Walshift {
         Walshift { dir, config }
     }
 
+    /// The config file's text.
+    pub fn config_text(&self) -> String {
+        std::fs::read_to_string(&self.config).expect("read the config")
+    }
+
     fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(bin());
         cmd.arg("--config").arg(&self.config).args(args);

@@ -46,14 +46,15 @@ pub async fn run(cfg: ValidatedConfig, lag: Arc<Lag>, mut shutdown: Shutdown) {
                 backoff = Duration::from_millis(500);
                 match beat(&cfg, &source, &lag, &mut shutdown).await {
                     Ok(()) => return,
-                    Err(e) => tracing::warn!(
-                        error = %crate::pg::client::server_message(&e),
-                        "heartbeat failed; reconnecting"
-                    ),
+                    Err(e) => {
+                        let error = crate::pg::client::server_message(&e);
+                        tracing::warn!(error = %error, "heartbeat failed; reconnecting");
+                    }
                 }
             }
             Err(e) => {
-                tracing::warn!(error = %crate::error::display_chain(&e), "heartbeat cannot connect")
+                let error = crate::error::display_chain(&e);
+                tracing::warn!(error = %error, "heartbeat cannot connect");
             }
         }
         publish(&lag);

@@ -38,6 +38,7 @@ use crate::runtime::shutdown;
 use crate::runtime::shutdown::Shutdown;
 use crate::runtime::tasks::spawn_named;
 use crate::state::backfill as progress;
+use crate::telemetry::metrics as m;
 use crate::transform::Plan;
 use crate::verify::hook::{RepairQueue, RepairRequest, VerifyHook};
 use crate::verify::periodic::Periodic;
@@ -343,6 +344,7 @@ async fn sessions(
             Ok(stats) => {
                 add(&mut summary.applied, stats);
                 summary.reconnects += 1;
+                metrics::counter!(m::RECONNECTS).increment(1);
                 tracing::warn!("session ended without an error; resuming from the checkpoint");
             }
             Err((stats, err)) => {
@@ -351,8 +353,12 @@ async fn sessions(
                     return Ok(summary);
                 }
                 match err.class() {
-                    ApplyErrorClass::Fatal => return Err(err.into_error()),
+                    ApplyErrorClass::Fatal => {
+                        note_error("fatal", err.describe());
+                        return Err(err.into_error());
+                    }
                     ApplyErrorClass::RetryStrict(through) => {
+                        note_error("strict_replay", err.describe());
                         summary.strict_replays += 1;
                         strict_through = strict_through.max(through);
                         tracing::warn!(
@@ -362,6 +368,8 @@ async fn sessions(
                         );
                     }
                     ApplyErrorClass::Transient => {
+                        note_error("transient", err.describe());
+                        metrics::counter!(m::RECONNECTS).increment(1);
                         summary.reconnects += 1;
                         if started.elapsed() >= HEALTHY_SESSION {
                             backoff = INITIAL_BACKOFF;
@@ -382,6 +390,12 @@ async fn sessions(
             }
         }
     }
+}
+
+/// Counts an error of `kind` and keeps it for `status`.
+fn note_error(kind: &'static str, message: String) {
+    metrics::counter!(m::ERRORS, m::LABEL_KIND => kind).increment(1);
+    crate::telemetry::recent::record("stream", kind, message);
 }
 
 fn add(total: &mut ApplyStats, stats: ApplyStats) {

@@ -106,6 +106,8 @@ pub struct LiveFigures {
     pub not_ready_reason: Option<String>,
     /// The last 15 minutes of lag, one sample per second.
     pub history: Vec<LagSample>,
+    /// The last errors of the process (at most 10, oldest first).
+    pub errors: Vec<crate::telemetry::recent::RecentError>,
 }
 
 /// Differences `status` lists.
@@ -355,6 +357,7 @@ impl LiveStatus {
             ready: ready.is_ok(),
             not_ready_reason: ready.err(),
             history: self.lag.history(),
+            errors: crate::telemetry::recent::list(),
         }
     }
 
@@ -438,6 +441,12 @@ pub fn render(status: &Status, out: &mut impl Write) -> std::io::Result<()> {
             writeln!(out, "  lag {seconds}, {bytes}")?;
             if let Some(age) = live.heartbeat_age_seconds {
                 writeln!(out, "  last heartbeat applied {age:.1} s ago")?;
+            }
+            if !live.errors.is_empty() {
+                writeln!(out, "  last errors:")?;
+                for e in &live.errors {
+                    writeln!(out, "    [{} {}] {}", e.stage, e.kind, e.message)?;
+                }
             }
         }
         None => {

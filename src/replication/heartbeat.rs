@@ -49,12 +49,14 @@ pub async fn run(cfg: ValidatedConfig, lag: Arc<Lag>, mut shutdown: Shutdown) {
                     Err(e) => {
                         let error = crate::pg::client::server_message(&e);
                         tracing::warn!(error = %error, "heartbeat failed; reconnecting");
+                        crate::telemetry::recent::record("heartbeat", "transient", error);
                     }
                 }
             }
             Err(e) => {
                 let error = crate::error::display_chain(&e);
                 tracing::warn!(error = %error, "heartbeat cannot connect");
+                crate::telemetry::recent::record("heartbeat", "transient", error);
             }
         }
         publish(&lag);

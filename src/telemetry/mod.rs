@@ -4,6 +4,7 @@
 
 pub mod http;
 pub mod metrics;
+pub mod recent;
 
 use std::io::IsTerminal;
 

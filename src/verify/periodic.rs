@@ -56,6 +56,11 @@ pub async fn run(p: Periodic, mut shutdown: Shutdown) {
         match session(&p, &mut full_done, &shutdown).await {
             Ok(()) => return,
             Err(e) => {
+                crate::telemetry::recent::record(
+                    "verify",
+                    if e.is_transient() { "transient" } else { "fatal" },
+                    crate::error::display_chain(&e),
+                );
                 tracing::warn!(
                     error = %crate::error::display_chain(&e),
                     retry_in_ms = backoff.as_millis() as u64,

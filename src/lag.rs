@@ -22,9 +22,11 @@
 //!   applier has nothing queued, else the age of the last applied commit
 //!   (cheap, and never stuck on a heartbeat).
 //!
-//! Seconds is *unknown* (`None`) until a heartbeat has come back through
-//! the stream after the stream (re)connected: a missing signal, which gates
-//! treat as "hold", never as "passing".
+//! Seconds is *unknown* (`None`) when nothing is outstanding but the stream
+//! has not shown it is caught up (not connected, or no heartbeat came back
+//! since it connected): a missing signal, which gates treat as "hold", never
+//! as "passing". Heartbeats not applied yet survive reconnects, so a stream
+//! that keeps failing shows a growing lag rather than an unknown one.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -103,17 +105,24 @@ impl LagState {
     }
 
     fn seconds(&self) -> Option<Duration> {
-        if !self.connected || (self.heartbeats_enabled && !self.heartbeat_since_connect) {
-            return None;
-        }
         let oldest = [self.forwarded.front().map(|f| f.1), self.heartbeats.front().map(|h| h.1)]
             .into_iter()
             .flatten()
             .min();
-        Some(match oldest {
-            Some(t) => self.source_now().duration_since(t).unwrap_or_default(),
-            None => Duration::ZERO,
-        })
+        match oldest {
+            // Something is not applied yet: its age, rising while anything
+            // stalls (heartbeats outlive reconnects, so a stream that keeps
+            // failing shows a growing lag, not an unknown one).
+            Some(t) => Some(self.source_now().duration_since(t).unwrap_or_default()),
+            // Nothing outstanding: caught up, if the stream is up and has
+            // shown it (a heartbeat came back since it connected).
+            None if self.connected
+                && (!self.heartbeats_enabled || self.heartbeat_since_connect) =>
+            {
+                Some(Duration::ZERO)
+            }
+            None => None,
+        }
     }
 
     fn bytes(&self) -> Option<u64> {
@@ -311,7 +320,7 @@ mod tests {
         // The source's clock is 5 s ahead of ours.
         let now = SystemTime::now();
         lag.heartbeat_written(Lsn(100), now + Duration::from_secs(5), now);
-        assert_eq!(lag.seconds(), None, "no heartbeat back yet");
+        assert!(lag.seconds().unwrap() < Duration::from_secs(1), "a heartbeat in flight");
         lag.applied(Lsn(101), None);
         assert_eq!(lag.seconds(), Some(Duration::ZERO), "caught up");
         assert!(lag.heartbeat_applied().is_some());
@@ -332,8 +341,15 @@ mod tests {
         assert!(s >= Duration::from_secs(3), "{s:?}");
         lag.applied(Lsn(401), None);
         assert_eq!(lag.seconds(), Some(Duration::ZERO));
+        // A stream that keeps failing: the heartbeat written meanwhile is
+        // outstanding across the reconnect, and its age is the lag.
         lag.connected(false);
         assert_eq!(lag.seconds(), None);
+        let two_ago = SystemTime::now() - Duration::from_secs(2);
+        lag.heartbeat_written(Lsn(500), two_ago + Duration::from_secs(5), two_ago);
+        lag.connected(true);
+        let s = lag.seconds().unwrap();
+        assert!(s >= Duration::from_secs(2), "{s:?}");
     }
 
     #[test]

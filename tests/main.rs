@@ -3,6 +3,7 @@
 //! They run against real PostgreSQL and Redis servers that [`support`] starts on
 //! loopback ports and always removes again; see its module doc.
 
+mod alerts;
 mod apply;
 mod apply_crash;
 mod apply_edge;

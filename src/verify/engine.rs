@@ -383,18 +383,17 @@ impl Verifier {
                 .map_err(sql_err("recording the end of the verification pass"))?;
             metrics::gauge!(m::VERIFY_MISMATCHED_ROWS, m::LABEL_TABLE => label.clone())
                 .set(counters.differences as f64);
-            if result == PassResult::Clean {
-                let stored = store::load(&self.target, &migration, Some(runner))
-                    .await
-                    .map_err(sql_err("reading the verification state"))?;
-                if let Some(at) = stored
-                    .iter()
-                    .find(|s| s.target_table == target_name)
-                    .and_then(|s| s.last_clean_unix_seconds)
-                {
-                    metrics::gauge!(m::VERIFY_LAST_CLEAN, m::LABEL_TABLE => label).set(at);
-                }
-            }
+            // The stored clean time (cleared by a pass that found
+            // differences: then 0, "not clean").
+            let stored = store::load(&self.target, &migration, Some(runner))
+                .await
+                .map_err(sql_err("reading the verification state"))?;
+            let clean_at = stored
+                .iter()
+                .find(|s| s.target_table == target_name)
+                .and_then(|s| s.last_clean_unix_seconds)
+                .unwrap_or(0.0);
+            metrics::gauge!(m::VERIFY_LAST_CLEAN, m::LABEL_TABLE => label).set(clean_at);
         }
         Ok(TableReport {
             source: source_name,

@@ -13,6 +13,7 @@ mod connect;
 mod demo;
 mod harness;
 mod observability;
+mod page;
 mod setup;
 mod support;
 mod tail;

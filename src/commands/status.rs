@@ -100,6 +100,8 @@ pub struct LiveFigures {
     pub heartbeat_age_seconds: Option<f64>,
     /// The slot as the source last reported it.
     pub slot: SlotHealth,
+    /// `[metrics] ready_max_lag_seconds`: the lag `/readyz` tolerates.
+    pub ready_max_lag_seconds: f64,
     /// Whether `/readyz` says ready, and why not.
     pub ready: bool,
     /// Why not ready.
@@ -354,6 +356,7 @@ impl LiveStatus {
             lag_bytes: self.lag.bytes(),
             heartbeat_age_seconds,
             slot: self.lag.slot(),
+            ready_max_lag_seconds: self.cfg.metrics.ready_max_lag.as_secs_f64(),
             ready: ready.is_ok(),
             not_ready_reason: ready.err(),
             history: self.lag.history(),

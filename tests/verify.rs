@@ -55,6 +55,23 @@ fn diff(table: &str, key: &str, kind: &str) -> (String, String, String, bool) {
     (table.to_owned(), key.to_owned(), kind.to_owned(), true)
 }
 
+/// `public.t (id int primary key, v int)` with `rows` rows, an empty
+/// `shadow.t`, and a config mapping them with `extra` TOML (no setup yet).
+async fn int_table(db: &TestDb<'_>, rows: u32, extra: &str) -> Walshift {
+    db.execute(&format!(
+        "create table t (id int primary key, v int);
+         insert into t select g, g from generate_series(1, {rows}) g;
+         create schema shadow; create table shadow.t (id int primary key, v int);"
+    ))
+    .await;
+    Walshift::with_tables(
+        db,
+        None,
+        "[[tables]]\nsource = \"public.t\"\ntarget = \"shadow.t\"\n",
+        extra,
+    )
+}
+
 async fn count(client: &Client, sql: &str) -> i64 {
     client.query_one(sql, &[]).await.unwrap_or_else(|e| panic!("{sql}: {e}")).get(0)
 }
@@ -374,18 +391,7 @@ create table shadow.names (name text collate "C" primary key, v int not null);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_exits_2_and_writes_nothing() {
     let db = TestDb::new(PgCluster::shared()).await;
-    db.execute(
-        "create table t (id int primary key, v int);
-         insert into t select g, g from generate_series(1, 100) g;
-         create schema shadow; create table shadow.t (id int primary key, v int);",
-    )
-    .await;
-    let ws = Walshift::with_tables(
-        &db,
-        None,
-        "[[tables]]\nsource = \"public.t\"\ntarget = \"shadow.t\"\n",
-        "",
-    );
+    let ws = int_table(&db, 100, "").await;
     // No setup yet.
     expect_exit_2(&ws, &["verify"], &["walshift setup"]).await;
     ws.run_ok(&["setup"]).await;
@@ -407,19 +413,13 @@ async fn bad_input_exits_2_and_writes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn incremental_pass_rehashes_only_changed_keys() {
     let db = TestDb::new(PgCluster::shared()).await;
-    db.execute(
-        "create table t (id int primary key, v int);
-         insert into t select g, g from generate_series(1, 20000) g;
-         create schema shadow; create table shadow.t (id int primary key, v int);",
-    )
-    .await;
-    let ws = Walshift::with_tables(
+    let ws = int_table(
         &db,
-        None,
-        "[[tables]]\nsource = \"public.t\"\ntarget = \"shadow.t\"\n",
+        20000,
         "[verify]\ninterval_seconds = 1\nfull_pass_interval_seconds = 3600\n\
          chunk_rows_min = 1000\nchunk_rows_max = 1000\n",
-    );
+    )
+    .await;
     ws.run_ok(&["setup"]).await;
     let run = ws.spawn_run();
     let c = db.client().await;

@@ -435,14 +435,7 @@ impl Verifier {
                 let (s, tg) = self.digests(t, scope, &params).await?;
                 (hi, s, tg)
             };
-            delta.rows += source.rows;
-            delta.chunks += 1;
-            let matched = source == target;
-            metrics::counter!(m::VERIFY_ROWS, m::LABEL_TABLE => target_name.clone())
-                .increment(source.rows);
-            metrics::counter!(m::VERIFY_CHUNKS, m::LABEL_TABLE => target_name.clone(),
-                m::LABEL_RESULT => if matched { "match" } else { "mismatch" })
-            .increment(1);
+            let matched = checked(&target_name, &mut delta, &source, &target);
             if !matched {
                 delta.mismatched += 1;
                 let candidates = self
@@ -452,16 +445,7 @@ impl Verifier {
             }
             self.pace.spaced(source.rows as usize, chunk_started);
             self.pace.observe(source.rows as usize, asked, chunk_started.elapsed());
-            store::save_chunk(
-                &self.target,
-                &self.options.migration,
-                &target_name,
-                self.options.runner,
-                hi.as_deref(),
-                &delta,
-            )
-            .await
-            .map_err(sql_err("recording a verified chunk"))?;
+            self.save_chunk(&target_name, hi.as_deref(), &delta).await?;
             counters.add(&delta);
             match hi {
                 Some(hi) => lo = Some(hi),
@@ -487,14 +471,7 @@ impl Verifier {
             let mut delta = PassCounters::default();
             let batch = batch.to_vec();
             let (source, target) = self.key_digests(t, &batch).await?;
-            delta.rows += source.rows;
-            delta.chunks += 1;
-            let matched = source == target;
-            metrics::counter!(m::VERIFY_ROWS, m::LABEL_TABLE => target_name.clone())
-                .increment(source.rows);
-            metrics::counter!(m::VERIFY_CHUNKS, m::LABEL_TABLE => target_name.clone(),
-                m::LABEL_RESULT => if matched { "match" } else { "mismatch" })
-            .increment(1);
+            let matched = checked(&target_name, &mut delta, &source, &target);
             if matched {
                 // Differences stored for these keys are gone.
                 store::clear_differences(
@@ -523,19 +500,29 @@ impl Verifier {
                 .map_err(sql_err("clearing resolved differences"))?;
                 self.confirm_and_record(t, candidates, &mut delta, differences).await?;
             }
-            store::save_chunk(
-                &self.target,
-                &self.options.migration,
-                &target_name,
-                self.options.runner,
-                None,
-                &delta,
-            )
-            .await
-            .map_err(sql_err("recording a verified chunk"))?;
+            self.save_chunk(&target_name, None, &delta).await?;
             counters.add(&delta);
         }
         Ok(true)
+    }
+
+    /// Stores a checked chunk: the cursor (full passes) and the counters.
+    async fn save_chunk(
+        &self,
+        target_name: &str,
+        last_key: Option<&[String]>,
+        delta: &PassCounters,
+    ) -> Result<(), VerifyError> {
+        store::save_chunk(
+            &self.target,
+            &self.options.migration,
+            target_name,
+            self.options.runner,
+            last_key,
+            delta,
+        )
+        .await
+        .map_err(sql_err("recording a verified chunk"))
     }
 
     /// The upper bound of the chunk of `rows` rows after `lo` (`None`: the
@@ -991,6 +978,18 @@ impl Verifier {
         }
         Ok((confirmed, pending))
     }
+}
+
+/// Counts a checked chunk into `delta` and the metrics; whether it matched.
+fn checked(table: &str, delta: &mut PassCounters, source: &Digest, target: &Digest) -> bool {
+    delta.rows += source.rows;
+    delta.chunks += 1;
+    let matched = source == target;
+    metrics::counter!(m::VERIFY_ROWS, m::LABEL_TABLE => table.to_owned()).increment(source.rows);
+    metrics::counter!(m::VERIFY_CHUNKS, m::LABEL_TABLE => table.to_owned(),
+        m::LABEL_RESULT => if matched { "match" } else { "mismatch" })
+    .increment(1);
+    matched
 }
 
 fn arrays_params(arrays: &[Vec<String>]) -> Vec<&(dyn ToSql + Sync)> {

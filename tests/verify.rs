@@ -403,6 +403,27 @@ async fn bad_input_exits_2_and_writes_nothing() {
     assert_eq!(rows, 0, "nothing recorded");
     let rows = count(&c, "select count(*) from shadow.t").await;
     assert_eq!(rows, 0, "nothing written to the target");
+    // --repair while `run` streams: refused, naming the running instance,
+    // and the corrupted row is left for the operator (or the run) to repair.
+    let run = ws.spawn_run();
+    wait_until("the backfill", WAIT, async || {
+        (count(&c, "select count(*) from shadow.t").await == 100).then_some(())
+    })
+    .await;
+    wait_until("the run to stream", WAIT, async || {
+        run.stderr().contains("streaming").then_some(())
+    })
+    .await;
+    c.batch_execute("update shadow.t set v = -1 where id = 5").await.unwrap();
+    expect_exit_2(
+        &ws,
+        &["verify", "--repair"],
+        &["walshift run is streaming from slot", "walsender pid", "nothing was changed"],
+    )
+    .await;
+    assert_eq!(count(&c, "select v::bigint from shadow.t where id = 5").await, -1);
+    let (code, log) = run.stop().await;
+    assert_eq!(code, Some(0), "{log}");
 }
 
 // ---------------------------------------------------------------------------

@@ -46,6 +46,7 @@ fn load_config(cli: &Cli) -> Result<ValidatedConfig, Error> {
 async fn serve_http(
     cfg: &ValidatedConfig,
     status: Option<Arc<dyn StatusSource>>,
+    lag: Option<Arc<Lag>>,
     shutdown: Shutdown,
 ) -> Result<SocketAddr, Error> {
     let metrics = walshift::telemetry::metrics::install().map_err(Error::Internal)?;
@@ -55,7 +56,11 @@ async fn serve_http(
             cfg.metrics.listen
         ))
     })?;
-    let endpoints = Arc::new(Endpoints { metrics, status });
+    let before_scrape = lag.map(|lag| {
+        Box::new(move || walshift::replication::heartbeat::publish(&lag))
+            as Box<dyn Fn() + Send + Sync>
+    });
+    let endpoints = Arc::new(Endpoints { metrics, status, before_scrape });
     let _server =
         walshift::runtime::tasks::spawn_named("http", http::serve(listener, endpoints, shutdown));
     Ok(addr)
@@ -101,7 +106,8 @@ fn try_main(cli: Cli) -> Result<error::ExitCode, Error> {
                 let shutdown = shutdown::on_signals();
                 let lag = Arc::new(Lag::default());
                 let live = Arc::new(LiveStatus::new(cfg.clone(), Arc::clone(&lag)));
-                let addr = serve_http(&cfg, Some(live), shutdown.clone()).await?;
+                let addr =
+                    serve_http(&cfg, Some(live), Some(Arc::clone(&lag)), shutdown.clone()).await?;
                 let options = RunOptions { lag, http_addr: Some(addr), ..RunOptions::default() };
                 let summary = commands::run::run_with(&cfg, shutdown, options).await?;
                 tracing::info!(
@@ -116,7 +122,7 @@ fn try_main(cli: Cli) -> Result<error::ExitCode, Error> {
             }
             Command::Backfill(args) => {
                 let shutdown = shutdown::on_signals();
-                serve_http(&cfg, None, shutdown.clone()).await?;
+                serve_http(&cfg, None, None, shutdown.clone()).await?;
                 let (summary, tables) =
                     commands::backfill::run(&cfg, args.tables.clone(), args.restart, shutdown)
                         .await?;

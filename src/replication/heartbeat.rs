@@ -103,8 +103,8 @@ async fn beat(
     }
 }
 
-/// Publishes the lag and slot gauges.
-fn publish(lag: &Lag) {
+/// Publishes the lag and slot gauges (also right before each scrape).
+pub fn publish(lag: &Lag) {
     match lag.seconds() {
         Some(s) => metrics::gauge!(m::REPLICATION_LAG_SECONDS).set(s.as_secs_f64()),
         // Unknown: NaN, so neither "0" nor a stale figure passes for a reading.

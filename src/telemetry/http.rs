@@ -56,6 +56,10 @@ pub struct Endpoints {
     /// Answers `/status` and `/readyz` (`None`: commands without a stream;
     /// `/status` is then 404 and `/readyz` ready).
     pub status: Option<Arc<dyn StatusSource>>,
+    /// Refreshes gauges computed from live state (lag) right before a
+    /// scrape, so `/metrics` is exact when read, not up to one refresh
+    /// interval stale.
+    pub before_scrape: Option<Box<dyn Fn() + Send + Sync>>,
 }
 
 /// Binds `listen`; warns when it is not a loopback address. Returns the
@@ -149,6 +153,9 @@ async fn handle(mut stream: TcpStream, endpoints: &Endpoints) -> std::io::Result
     }
     match path {
         "/metrics" => {
+            if let Some(refresh) = &endpoints.before_scrape {
+                refresh();
+            }
             let body = endpoints.metrics.render();
             respond(&mut stream, 200, "text/plain; version=0.0.4", body.as_bytes(), head_only).await
         }

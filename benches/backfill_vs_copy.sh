@@ -427,25 +427,7 @@ if want lag; then
     # One row change per transaction (60/30/10). Inserted rows carry org_id 0
     # and occurred_at = clock_timestamp(): the newest one on the target (an
     # index scan on (org_id, occurred_at)) gives the lag.
-    SEQ="$(psql_at "$SRC_PORT" -d postgres -Atc "select pg_get_serial_sequence('public.usage_events', 'id')")"
-    RANDOM_ID="select 1 + (random() * (last_value - 1))::bigint from $SEQ"
-    cat >"$BENCH_TMP/load.sql" <<SQL
-\set r random(1, 100)
-\set q random(1, 100000)
-\set a random(1, 100000)
-\set region random(0, 4)
-\set sku random(0, 36)
-\if :r <= 60
-insert into public.usage_events (org_id, event_type, quantity, amount_cents, occurred_at, payload)
-    values (0, 'api_call', round(:q / 7.0, 6), :a, clock_timestamp(),
-            jsonb_build_object('region', 'eu-' || :region, 'sku', 'sku-' || :sku));
-\elif :r <= 90
-update public.usage_events set amount_cents = amount_cents + 1, quantity = quantity + 1
-    where id = ($RANDOM_ID);
-\else
-delete from public.usage_events where id = ($RANDOM_ID);
-\endif
-SQL
+    write_usage_events_load "$BENCH_TMP/load.sql" "$SRC_PORT"
     checkpoint_all
     before="$(tup_counts)"
     # Not through ws(): WS_PID must be walshift itself, not a subshell.

@@ -783,25 +783,7 @@ LAG_RESULT=""; LAG_PASS=""; LAG_IDLE=""; LAG_LOAD_RATE=""; LAG_DIFFS=""; LAG_EQU
 if want lag && (( REPAIRED )); then
     echo; echo "lag: walshift run verifies full passes back to back while pgbench writes ~$LAG_RATE changes/s on A ..."
     psql_at "$SRC_PORT" -d postgres -Atc "select setval(pg_get_serial_sequence('public.usage_events', 'id'), max(id)) from public.usage_events" >/dev/null
-    SEQ="$(psql_at "$SRC_PORT" -d postgres -Atc "select pg_get_serial_sequence('public.usage_events', 'id')")"
-    RANDOM_ID="select 1 + (random() * (last_value - 1))::bigint from $SEQ"
-    cat >"$BENCH_TMP/load.sql" <<SQL
-\set r random(1, 100)
-\set q random(1, 100000)
-\set a random(1, 100000)
-\set region random(0, 4)
-\set sku random(0, 36)
-\if :r <= 60
-insert into public.usage_events (org_id, event_type, quantity, amount_cents, occurred_at, payload)
-    values (0, 'api_call', round(:q / 7.0, 6), :a, clock_timestamp(),
-            jsonb_build_object('region', 'eu-' || :region, 'sku', 'sku-' || :sku));
-\elif :r <= 90
-update public.usage_events set amount_cents = amount_cents + 1, quantity = quantity + 1
-    where id = ($RANDOM_ID);
-\else
-delete from public.usage_events where id = ($RANDOM_ID);
-\endif
-SQL
+    write_usage_events_load "$BENCH_TMP/load.sql" "$SRC_PORT"
     checkpoint_all
     start_run lag "interval_seconds = 1" "full_pass_interval_seconds = 1"
     if wait_full_pass 0; then

@@ -222,3 +222,30 @@ apply_bench_prologue() {
     SCRIPT_T0="$(now_s)"
     echo "walshift $(bench_revision); load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 }
+
+# write_usage_events_load FILE PORT: a pgbench script of one row change per
+# transaction on usage_events at PORT (60% inserts with org_id 0 and
+# occurred_at = clock_timestamp(), so the newest such row on a target gives
+# the lag; 30% updates and 10% deletes of random existing ids).
+write_usage_events_load() {
+    local file=$1 port=$2 seq random_id
+    seq="$(psql_at "$port" -d postgres -Atc "select pg_get_serial_sequence('public.usage_events', 'id')")"
+    random_id="select 1 + (random() * (last_value - 1))::bigint from $seq"
+    cat >"$file" <<SQL
+\set r random(1, 100)
+\set q random(1, 100000)
+\set a random(1, 100000)
+\set region random(0, 4)
+\set sku random(0, 36)
+\if :r <= 60
+insert into public.usage_events (org_id, event_type, quantity, amount_cents, occurred_at, payload)
+    values (0, 'api_call', round(:q / 7.0, 6), :a, clock_timestamp(),
+            jsonb_build_object('region', 'eu-' || :region, 'sku', 'sku-' || :sku));
+\elif :r <= 90
+update public.usage_events set amount_cents = amount_cents + 1, quantity = quantity + 1
+    where id = ($random_id);
+\else
+delete from public.usage_events where id = ($random_id);
+\endif
+SQL
+}

@@ -37,37 +37,15 @@
 
 import argparse
 import math
+import os
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
 
-
-class Psql:
-    """A persistent psql session answering single-row queries."""
-
-    def __init__(self, port):
-        self.port = port
-        self.proc = subprocess.Popen(
-            ["psql", "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", str(port),
-             "-U", "postgres", "-d", "postgres"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
-
-    def row(self, sql):
-        self.proc.stdin.write(sql.rstrip().rstrip(";") + ";\n")
-        self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
-        if not line:
-            raise SystemExit(f"lag_watch: psql on port {self.port} died (query: {sql})")
-        return line.rstrip("\n").split("|")
-
-    def close(self):
-        try:
-            self.proc.stdin.close()
-            self.proc.wait(timeout=5)
-        except Exception:
-            self.proc.kill()
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from slot_watch import Psql, percentile  # noqa: E402
 
 
 def reported_lag(url):
@@ -85,19 +63,9 @@ def reported_lag(url):
     return float("nan")
 
 
-def percentile(values, q):
-    if not values:
-        return float("nan")
-    v = sorted(values)
-    pos = (len(v) - 1) * q
-    lo = int(pos)
-    hi = min(lo + 1, len(v) - 1)
-    return v[lo] + (v[hi] - v[lo]) * (pos - lo)
-
-
 def accuracy(args):
-    tgt = Psql(args.tgt)
-    locker = Psql(args.tgt)
+    tgt = Psql(args.tgt, quiet=True)
+    locker = Psql(args.tgt, quiet=True)
     tgt.row("select set_config('lock_timeout', '30ms', false)")
     tgt.row(f"""create or replace function pg_temp.newest_applied() returns float8 language plpgsql as $f$
         begin

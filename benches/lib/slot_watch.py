@@ -47,11 +47,13 @@ def lsn(text):
 class Psql:
     """A persistent psql session answering single-row queries."""
 
-    def __init__(self, port):
+    def __init__(self, port, quiet=False):
+        """quiet: psql -q, so commands other than queries print nothing
+        (end them with a query: `...; select 1`)."""
         self.port = port
         self.proc = subprocess.Popen(
             ["psql", "-X", "-At", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", str(port),
-             "-U", "postgres", "-d", "postgres"],
+             "-U", "postgres", "-d", "postgres"] + (["-q"] if quiet else []),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
 
     def row(self, sql):
@@ -59,7 +61,7 @@ class Psql:
         self.proc.stdin.flush()
         line = self.proc.stdout.readline()
         if not line:
-            raise SystemExit(f"slot_watch: psql on port {self.port} died (query: {sql})")
+            raise SystemExit(f"psql on port {self.port} died (query: {sql})")
         return line.rstrip("\n").split("|")
 
     def close(self):

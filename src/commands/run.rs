@@ -140,20 +140,9 @@ pub async fn prepare(cfg: &ValidatedConfig) -> Result<Plan, Error> {
             cfg.source.slot
         )));
     }
-    let registered = target
-        .query_opt(
-            "select 1 from pg_namespace n join pg_class c on c.relnamespace = n.oid \
-             where n.nspname = 'walshift' and c.relname = 'migrations'",
-            &[],
-        )
+    let registered = migrate::migration_registered(&target, &cfg.migration_name)
         .await
-        .map_err(Error::sql("looking up the state schema"))?
-        .is_some()
-        && target
-            .query_opt("select 1 from walshift.migrations where name = $1", &[&cfg.migration_name])
-            .await
-            .map_err(Error::sql("looking up the migration"))?
-            .is_some();
+        .map_err(Error::sql("looking up the migration"))?;
     if !registered {
         return Err(Error::Precondition(format!(
             "migration {} is not registered in the target's walshift schema: run `walshift setup` first",

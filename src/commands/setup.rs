@@ -121,9 +121,7 @@ impl Created {
             }
         }
         if self.registration && !self.schema {
-            let deleted = target
-                .execute("delete from walshift.migrations where name = $1", &[&cfg.migration_name])
-                .await;
+            let deleted = migrate::forget_migration(target, &cfg.migration_name).await;
             if let Err(error) = deleted {
                 tracing::warn!(error = %error, "could not remove the registration made by this run");
             }
@@ -147,15 +145,14 @@ async fn create(
     plan: &Plan,
     created: &mut Created,
 ) -> Result<(), Error> {
-    let inserted = target
-        .execute(
-            "insert into walshift.migrations (name, source_slot, source_publication) \
-             values ($1, $2, $3) on conflict (name) do nothing",
-            &[&cfg.migration_name, &cfg.source.slot, &cfg.source.publication],
-        )
-        .await
-        .map_err(Error::sql("registering the migration in the state schema"))?;
-    created.registration = inserted == 1;
+    created.registration = migrate::register_migration(
+        target,
+        &cfg.migration_name,
+        &cfg.source.slot,
+        &cfg.source.publication,
+    )
+    .await
+    .map_err(Error::sql("registering the migration in the state schema"))?;
 
     if plan.create_publication {
         let tables: Vec<String> = cfg.tables.iter().map(|t| t.source.to_string()).collect();

@@ -112,8 +112,7 @@ async fn drop_state(
     out: &mut dyn Write,
 ) -> Result<(), Error> {
     if other_migrations > 0 {
-        target
-            .execute("delete from walshift.migrations where name = $1", &[&cfg.migration_name])
+        migrate::forget_migration(target, &cfg.migration_name)
             .await
             .map_err(Error::sql("deleting this migration's state"))?;
         writeln!(out, "deleted the state of migration {}", cfg.migration_name)
@@ -146,18 +145,13 @@ async fn inventory(
     // Whether the schema may be dropped depends on this count, so a failure
     // is an error: guessing 0 would drop every other migration's state.
     let other_migrations = if state_schema {
-        target
-            .query_one(
-                "select count(*) from walshift.migrations where name <> $1",
-                &[&cfg.migration_name],
-            )
-            .await
-            .and_then(|row| row.try_get(0))
-            .map_err(Error::sql(format!(
+        migrate::other_migrations(target, &cfg.migration_name).await.map_err(Error::sql(
+            format!(
                 "nothing was dropped: counting the other migrations in schema {} on the target \
                  (it is dropped only when none is left) failed",
                 migrate::STATE_SCHEMA
-            )))?
+            ),
+        ))?
     } else {
         0
     };

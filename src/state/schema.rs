@@ -32,6 +32,59 @@ pub async fn state_schema_exists(client: &Client) -> Result<bool, tokio_postgres
     row.try_get(0)
 }
 
+/// Registers migration `name` (its slot and publication); returns whether
+/// this call created the row (false: it existed).
+pub async fn register_migration(
+    client: &Client,
+    name: &str,
+    slot: &str,
+    publication: &str,
+) -> Result<bool, tokio_postgres::Error> {
+    let inserted = client
+        .execute(
+            "insert into walshift.migrations (name, source_slot, source_publication) \
+             values ($1, $2, $3) on conflict (name) do nothing",
+            &[&name, &slot, &publication],
+        )
+        .await?;
+    Ok(inserted == 1)
+}
+
+/// Removes migration `name` and, by cascade, all its state.
+pub async fn forget_migration(client: &Client, name: &str) -> Result<(), tokio_postgres::Error> {
+    client.execute("delete from walshift.migrations where name = $1", &[&name]).await?;
+    Ok(())
+}
+
+/// Whether migration `name` is registered (false without a state schema).
+pub async fn migration_registered(
+    client: &Client,
+    name: &str,
+) -> Result<bool, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "select to_regclass('walshift.migrations') is not null \
+             and exists (select 1 from walshift.migrations where name = $1)",
+            &[&name],
+        )
+        .await;
+    match row {
+        Ok(row) => row.try_get(0),
+        // The planner resolves the table even behind `and`: no table, no
+        // registration.
+        Err(e) if e.as_db_error().is_some_and(|db| db.code().code() == "42P01") => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// How many migrations other than `name` the state schema holds.
+pub async fn other_migrations(client: &Client, name: &str) -> Result<i64, tokio_postgres::Error> {
+    client
+        .query_one("select count(*) from walshift.migrations where name <> $1", &[&name])
+        .await?
+        .try_get(0)
+}
+
 /// Applies every migration not applied yet; returns how many ran.
 pub async fn migrate(client: &mut Client) -> Result<usize, tokio_postgres::Error> {
     let tx = client.transaction().await?;

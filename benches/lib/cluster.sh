@@ -167,7 +167,8 @@ USAGE_EVENTS_DDL="create table usage_events (
 
 # write_walshift_config FILE SRC_PORT TGT_PORT STATUS_MS: a walshift config
 # applying public.usage_events (same-named columns) from SRC to TGT through
-# slot bench_ws and publication bench_pub, with the default [apply] batching.
+# slot bench_ws and publication bench_pub, with the default [apply] batching,
+# plus the TOML in WALSHIFT_EXTRA_TOML (e.g. "[verify]\nenabled = false").
 write_walshift_config() {
     cat >"$1" <<TOML
 [migration]
@@ -185,6 +186,7 @@ target = "public.usage_events"
 [apply]
 batch_max_rows = 5000
 batch_max_ms = 100
+$(printf '%b' "${WALSHIFT_EXTRA_TOML:-}")
 TOML
 }
 

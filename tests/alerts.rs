@@ -30,11 +30,8 @@ fn alert_rules_pass_promtool_checks_and_unit_tests() {
 
 #[test]
 fn rules_and_dashboard_use_only_exported_metric_names() {
+    // The script reads the exported names from src/telemetry/metrics.rs
+    // (`ALL`) and exits 1 naming any unknown one.
     let out = run("python3", &[&repo("scripts/check_metric_names.py")]);
     assert!(out.contains("ok"), "{out}");
-    // The script reads the names from the source; they are the ones the
-    // binary registers.
-    for name in walshift::telemetry::metrics::ALL {
-        assert!(name.starts_with("walshift_"), "{name}");
-    }
 }

@@ -47,5 +47,6 @@ pub mod replication;
 pub mod runtime;
 pub mod state;
 pub mod telemetry;
+pub mod traffic;
 pub mod transform;
 pub mod verify;

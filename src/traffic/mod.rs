@@ -1,0 +1,4 @@
+//! Read-traffic decisions: how requests are split between the old and the
+//! new tables (`bucket`).
+
+pub mod bucket;

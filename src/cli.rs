@@ -52,6 +52,20 @@ pub enum Command {
     Status(StatusArgs),
     /// Print decoded changes from the slot as JSON lines.
     Tail(TailArgs),
+    /// Re-arm the cutover controller after a rollback, or resume a paused
+    /// shift. Asks the running `walshift run` leader and prints its answer;
+    /// refused (exit 2) when none runs.
+    Resume,
+    /// Move all read traffic back to the old tables at once and keep it
+    /// there until `resume` (or a new `[traffic] read_new_percent`). Asks
+    /// the running leader and prints its answer.
+    Rollback(RollbackArgs),
+    /// Print the controller's audit trail: every decision and state change
+    /// with its reason.
+    History(HistoryArgs),
+    /// Inspect the published traffic split.
+    #[command(subcommand)]
+    Traffic(TrafficCommand),
     /// Run the pipeline on a throwaway local PostgreSQL cluster with a write
     /// workload, then remove it. Needs no config file.
     Demo(DemoArgs),
@@ -108,6 +122,40 @@ pub struct StatusArgs {
     /// Refresh every 2 s (in place on a terminal) until interrupted.
     #[arg(long, conflicts_with = "json")]
     pub watch: bool,
+}
+
+/// Arguments of `rollback`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RollbackArgs {
+    /// Why (recorded in the audit trail).
+    #[arg(long)]
+    pub reason: Option<String>,
+}
+
+/// Arguments of `history`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct HistoryArgs {
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Only the newest N entries.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(i64).range(1..=1_000_000))]
+    pub limit: i64,
+}
+
+/// `traffic` subcommands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum TrafficCommand {
+    /// Print the side (old or new) a routing key goes to under the
+    /// published weights, with its bucket (see docs/traffic.md).
+    Route {
+        /// The routing key (a user or account id).
+        key: String,
+    },
+    /// Print every published decision as it arrives (JSON lines), starting
+    /// with the current one, until interrupted.
+    Watch,
 }
 
 /// Arguments of `teardown`.

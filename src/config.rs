@@ -121,6 +121,26 @@ pub const DEFAULT_VERIFY_TARGET_CHUNK_MS: u64 = 500;
 pub const DEFAULT_VERIFY_MAX_LAG_SECONDS: u64 = 10;
 /// Differences kept (stored, printed) per table and pass; all are counted.
 pub const DEFAULT_VERIFY_MAX_DIFFERENCES: u32 = 1_000;
+/// Desired share of reads on the new tables: nothing moves until the
+/// operator asks.
+pub const DEFAULT_READ_NEW_PERCENT: u64 = 0;
+/// The read-traffic stages of the seed runbooks.
+pub const DEFAULT_STAGES: [u8; 4] = [10, 50, 90, 100];
+/// Between two evaluations of the controller's gates.
+pub const DEFAULT_EVALUATE_INTERVAL_MS: u64 = 1_000;
+/// Lag gate: seconds.
+pub const DEFAULT_CUTOVER_MAX_LAG_SECONDS: f64 = 5.0;
+/// Lag gate: bytes of WAL not yet applied.
+pub const DEFAULT_CUTOVER_MAX_LAG_BYTES: u64 = 64 << 20;
+/// Verification gate: the clean pass (and the source position it covers)
+/// must be younger than this.
+pub const DEFAULT_VERIFY_MAX_AGE_SECONDS: u64 = 900;
+/// Time at a stage before the next.
+pub const DEFAULT_MIN_SOAK_SECONDS: f64 = 300.0;
+/// Consecutive failing evaluations before a violation counts (as Flagger).
+pub const DEFAULT_FAILURE_THRESHOLD: u32 = 3;
+/// Lifetime of the controller's lease in Redis; renewed every third of it.
+pub const DEFAULT_LEASE_TTL_MS: u64 = 15_000;
 /// Prometheus endpoint address.
 pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9187";
 /// Log line format.
@@ -159,6 +179,12 @@ pub struct Config {
     /// `[redis]`
     #[serde(default)]
     pub redis: RedisConfig,
+    /// `[traffic]`
+    #[serde(default)]
+    pub traffic: TrafficConfig,
+    /// `[cutover]`
+    #[serde(default)]
+    pub cutover: CutoverConfig,
     /// `[metrics]`
     #[serde(default)]
     pub metrics: MetricsConfig,
@@ -407,6 +433,126 @@ pub struct RedisConfig {
     pub key_prefix: Option<String>,
 }
 
+/// `[traffic]`: the read split the operator asks for. Reloadable while
+/// `walshift run` runs (SIGHUP or a change of the file), except `salt`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrafficConfig {
+    /// Desired share of reads on the new tables, 0..=100; see
+    /// [`DEFAULT_READ_NEW_PERCENT`].
+    #[serde(default)]
+    pub read_new_percent: u64,
+    /// Percentages the controller steps through, strictly increasing, each
+    /// 1..=100; see [`DEFAULT_STAGES`].
+    #[serde(default = "default_stages")]
+    pub stages: Vec<u64>,
+    /// What a violated gate does while reads are on new.
+    #[serde(default)]
+    pub on_violation: OnViolation,
+    /// Salt of the bucketing hash; default: the migration name.
+    #[serde(default)]
+    pub salt: Option<String>,
+}
+
+impl Default for TrafficConfig {
+    fn default() -> Self {
+        Self {
+            read_new_percent: DEFAULT_READ_NEW_PERCENT,
+            stages: default_stages(),
+            on_violation: OnViolation::default(),
+            salt: None,
+        }
+    }
+}
+
+/// `traffic.on_violation`
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnViolation {
+    /// Publish 0 % new and stay `rolled_back` until re-armed.
+    #[default]
+    Rollback,
+    /// Keep the weights and stay `paused` until the gates pass again.
+    Hold,
+}
+
+impl OnViolation {
+    /// The configured name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnViolation::Rollback => "rollback",
+            OnViolation::Hold => "hold",
+        }
+    }
+}
+
+/// `[cutover]`: the controller's gates and timing. Reloadable while
+/// `walshift run` runs, except `lease_ttl_ms`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CutoverConfig {
+    /// See [`DEFAULT_EVALUATE_INTERVAL_MS`].
+    #[serde(default = "default_evaluate_interval_ms")]
+    pub evaluate_interval_ms: u64,
+    /// See [`DEFAULT_CUTOVER_MAX_LAG_SECONDS`].
+    #[serde(default = "default_cutover_max_lag_seconds")]
+    pub max_lag_seconds: f64,
+    /// See [`DEFAULT_CUTOVER_MAX_LAG_BYTES`].
+    #[serde(default = "default_cutover_max_lag_bytes")]
+    pub max_lag_bytes: u64,
+    /// See [`DEFAULT_VERIFY_MAX_AGE_SECONDS`].
+    #[serde(default = "default_verify_max_age_seconds")]
+    pub verify_max_age_seconds: u64,
+    /// See [`DEFAULT_MIN_SOAK_SECONDS`].
+    #[serde(default = "default_min_soak_seconds")]
+    pub min_soak_seconds: f64,
+    /// See [`DEFAULT_FAILURE_THRESHOLD`].
+    #[serde(default = "default_failure_threshold")]
+    pub failure_threshold: u32,
+    /// See [`DEFAULT_LEASE_TTL_MS`].
+    #[serde(default = "default_lease_ttl_ms")]
+    pub lease_ttl_ms: u64,
+}
+
+impl Default for CutoverConfig {
+    fn default() -> Self {
+        Self {
+            evaluate_interval_ms: DEFAULT_EVALUATE_INTERVAL_MS,
+            max_lag_seconds: DEFAULT_CUTOVER_MAX_LAG_SECONDS,
+            max_lag_bytes: DEFAULT_CUTOVER_MAX_LAG_BYTES,
+            verify_max_age_seconds: DEFAULT_VERIFY_MAX_AGE_SECONDS,
+            min_soak_seconds: DEFAULT_MIN_SOAK_SECONDS,
+            failure_threshold: DEFAULT_FAILURE_THRESHOLD,
+            lease_ttl_ms: DEFAULT_LEASE_TTL_MS,
+        }
+    }
+}
+
+fn default_stages() -> Vec<u64> {
+    DEFAULT_STAGES.iter().map(|&s| u64::from(s)).collect()
+}
+fn default_evaluate_interval_ms() -> u64 {
+    DEFAULT_EVALUATE_INTERVAL_MS
+}
+fn default_cutover_max_lag_seconds() -> f64 {
+    DEFAULT_CUTOVER_MAX_LAG_SECONDS
+}
+fn default_cutover_max_lag_bytes() -> u64 {
+    DEFAULT_CUTOVER_MAX_LAG_BYTES
+}
+fn default_verify_max_age_seconds() -> u64 {
+    DEFAULT_VERIFY_MAX_AGE_SECONDS
+}
+fn default_min_soak_seconds() -> f64 {
+    DEFAULT_MIN_SOAK_SECONDS
+}
+fn default_failure_threshold() -> u32 {
+    DEFAULT_FAILURE_THRESHOLD
+}
+fn default_lease_ttl_ms() -> u64 {
+    DEFAULT_LEASE_TTL_MS
+}
+
 /// `[metrics]`
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -583,6 +729,10 @@ pub struct ValidatedConfig {
     pub verify: VerifySettings,
     /// `[redis]`.
     pub redis: RedisSettings,
+    /// `[traffic]`.
+    pub traffic: TrafficSettings,
+    /// `[cutover]`.
+    pub cutover: CutoverSettings,
     /// `[metrics]`.
     pub metrics: MetricsSettings,
     /// `[log]`.
@@ -694,6 +844,97 @@ pub struct RedisSettings {
     pub url: Option<Secret>,
     /// Prefix of every key walshift writes.
     pub key_prefix: String,
+}
+
+/// `[traffic]`, resolved.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TrafficSettings {
+    /// Desired share of reads on new (0..=100).
+    pub read_new_percent: u8,
+    /// Stages, strictly increasing, each 1..=100.
+    pub stages: Vec<u8>,
+    /// What a violated gate does while reads are on new.
+    pub on_violation: OnViolation,
+    /// Salt of the bucketing hash.
+    pub salt: String,
+}
+
+/// `[cutover]`, resolved.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct CutoverSettings {
+    /// Between two evaluations of the gates (> 0).
+    #[serde(serialize_with = "crate::config::millis")]
+    pub evaluate_interval: Duration,
+    /// Lag gate, seconds (> 0).
+    pub max_lag_seconds: f64,
+    /// Lag gate, bytes (> 0).
+    pub max_lag_bytes: u64,
+    /// Verification gate: maximum age (> 0).
+    #[serde(serialize_with = "crate::config::millis")]
+    pub verify_max_age: Duration,
+    /// Soak time at each stage (>= 0).
+    #[serde(serialize_with = "crate::config::millis")]
+    pub min_soak: Duration,
+    /// Failing evaluations in a row before a violation counts (> 0).
+    pub failure_threshold: u32,
+    /// Lease lifetime (>= 1 s).
+    #[serde(serialize_with = "crate::config::millis")]
+    pub lease_ttl: Duration,
+}
+
+/// The settings `walshift run` picks up on reload (SIGHUP or a change of
+/// the file): `[traffic]` (but `salt`) and `[cutover]` (but
+/// `lease_ttl_ms`). Everything else needs a restart.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Reloadable {
+    /// `[traffic]`.
+    pub traffic: TrafficSettings,
+    /// `[cutover]`.
+    pub cutover: CutoverSettings,
+}
+
+impl ValidatedConfig {
+    /// The reloadable part.
+    pub fn reloadable(&self) -> Reloadable {
+        Reloadable { traffic: self.traffic.clone(), cutover: self.cutover.clone() }
+    }
+}
+
+/// Top-level sections that may change while `walshift run` runs.
+pub const RELOADABLE_SECTIONS: [&str; 2] = ["traffic", "cutover"];
+
+/// The keys of `new_text` that differ from `old_text` and may not change
+/// while running (top-level sections other than `[traffic]` and
+/// `[cutover]`, plus `traffic.salt` and `cutover.lease_ttl_ms`), compared
+/// as parsed TOML (so comments and layout do not count). Both texts must
+/// parse.
+pub fn fixed_keys_changed(old_text: &str, new_text: &str) -> Result<Vec<String>, String> {
+    let parse = |text: &str| text.parse::<toml::Table>().map_err(|e| e.message().to_owned());
+    let (old, new) = (parse(old_text)?, parse(new_text)?);
+    let mut changed = Vec::new();
+    let mut sections: Vec<&String> = old.keys().chain(new.keys()).collect();
+    sections.sort();
+    sections.dedup();
+    for section in sections {
+        if RELOADABLE_SECTIONS.contains(&section.as_str()) {
+            continue;
+        }
+        if old.get(section) != new.get(section) {
+            changed.push(section.clone());
+        }
+    }
+    for (section, key) in [("traffic", "salt"), ("cutover", "lease_ttl_ms")] {
+        let get = |t: &toml::Table| t.get(section).and_then(|s| s.get(key)).cloned();
+        if get(&old) != get(&new) {
+            changed.push(format!("{section}.{key}"));
+        }
+    }
+    Ok(changed)
+}
+
+/// Serializes a duration as whole milliseconds.
+pub(crate) fn millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// `[metrics]`, resolved.
@@ -903,6 +1144,8 @@ impl Config {
             backfill,
             verify,
             redis,
+            traffic,
+            cutover,
             metrics,
             log,
         } = self;
@@ -1090,6 +1333,10 @@ impl Config {
         }
         let redis = RedisSettings { url: redis.url, key_prefix };
 
+        // [traffic], [cutover]
+        let traffic = validate_traffic(traffic, &name, redis.url.is_some())?;
+        let cutover = validate_cutover(&cutover)?;
+
         // [metrics]
         let listen = metrics.listen.trim().parse::<SocketAddr>().map_err(|_| {
             ConfigError::invalid(
@@ -1124,6 +1371,8 @@ impl Config {
             backfill,
             verify,
             redis,
+            traffic,
+            cutover,
             metrics: MetricsSettings {
                 listen,
                 ready_max_lag: Duration::from_secs(metrics.ready_max_lag_seconds),
@@ -1131,6 +1380,98 @@ impl Config {
             log,
         })
     }
+}
+
+fn validate_traffic(
+    traffic: TrafficConfig,
+    migration: &str,
+    have_redis: bool,
+) -> Result<TrafficSettings, ConfigError> {
+    let percent = |field: &str, value: u64| -> Result<u8, ConfigError> {
+        u8::try_from(value).ok().filter(|p| *p <= 100).ok_or_else(|| {
+            ConfigError::invalid(field, format!("must be a percentage from 0 to 100, got {value}"))
+        })
+    };
+    let read_new_percent = percent("traffic.read_new_percent", traffic.read_new_percent)?;
+    if read_new_percent > 0 && !have_redis {
+        return Err(ConfigError::invalid(
+            "traffic.read_new_percent",
+            format!(
+                "asks for {read_new_percent} % of reads on new, but there is no [redis] url to \
+                 publish the split to; set [redis] url or read_new_percent = 0"
+            ),
+        ));
+    }
+    if traffic.stages.is_empty() {
+        return Err(ConfigError::invalid("traffic.stages", "must list at least one stage"));
+    }
+    let mut stages = Vec::with_capacity(traffic.stages.len());
+    for (i, &stage) in traffic.stages.iter().enumerate() {
+        let stage = percent(&format!("traffic.stages[{i}]"), stage)?;
+        if stage == 0 {
+            return Err(ConfigError::invalid(
+                format!("traffic.stages[{i}]"),
+                "must be > 0 (0 % is where every migration starts)",
+            ));
+        }
+        if let Some(&previous) = stages.last() {
+            if stage <= previous {
+                return Err(ConfigError::invalid(
+                    "traffic.stages",
+                    format!(
+                        "must be strictly increasing, got {stage} after {previous} in {:?}",
+                        traffic.stages
+                    ),
+                ));
+            }
+        }
+        stages.push(stage);
+    }
+    let salt = traffic.salt.unwrap_or_else(|| migration.to_owned());
+    if salt.is_empty() {
+        return Err(ConfigError::invalid("traffic.salt", "must not be empty"));
+    }
+    Ok(TrafficSettings { read_new_percent, stages, on_violation: traffic.on_violation, salt })
+}
+
+fn validate_cutover(cutover: &CutoverConfig) -> Result<CutoverSettings, ConfigError> {
+    positive("cutover.evaluate_interval_ms", cutover.evaluate_interval_ms)?;
+    let seconds = |field: &str, value: f64, zero_ok: bool| -> Result<Duration, ConfigError> {
+        if !value.is_finite() || value < 0.0 || (!zero_ok && value == 0.0) || value > 1e9 {
+            let bound = if zero_ok { ">= 0" } else { "> 0" };
+            return Err(ConfigError::invalid(field, format!("must be a number of seconds {bound}")));
+        }
+        Ok(Duration::from_secs_f64(value))
+    };
+    seconds("cutover.max_lag_seconds", cutover.max_lag_seconds, false)?;
+    positive("cutover.max_lag_bytes", cutover.max_lag_bytes)?;
+    positive("cutover.verify_max_age_seconds", cutover.verify_max_age_seconds)?;
+    let min_soak = seconds("cutover.min_soak_seconds", cutover.min_soak_seconds, true)?;
+    positive("cutover.failure_threshold", cutover.failure_threshold.into())?;
+    if cutover.lease_ttl_ms < 1_000 {
+        return Err(ConfigError::invalid(
+            "cutover.lease_ttl_ms",
+            format!("must be >= 1000 (renewed every third of it), got {}", cutover.lease_ttl_ms),
+        ));
+    }
+    if cutover.evaluate_interval_ms > cutover.lease_ttl_ms {
+        return Err(ConfigError::invalid(
+            "cutover.evaluate_interval_ms",
+            format!(
+                "must be <= cutover.lease_ttl_ms ({}), got {}",
+                cutover.lease_ttl_ms, cutover.evaluate_interval_ms
+            ),
+        ));
+    }
+    Ok(CutoverSettings {
+        evaluate_interval: Duration::from_millis(cutover.evaluate_interval_ms),
+        max_lag_seconds: cutover.max_lag_seconds,
+        max_lag_bytes: cutover.max_lag_bytes,
+        verify_max_age: Duration::from_secs(cutover.verify_max_age_seconds),
+        min_soak,
+        failure_threshold: cutover.failure_threshold,
+        lease_ttl: Duration::from_millis(cutover.lease_ttl_ms),
+    })
 }
 
 fn process_env(name: &str) -> Option<String> {
@@ -1757,7 +2098,8 @@ target = "shadow.a"
             (
                 "surprise = 1\n",
                 "test.toml:1:1: surprise: unknown field `surprise`, expected one of `migration`, \
-                 `source`, `target`, `tables`, `apply`, `backfill`, `verify`, `redis`, `metrics`, `log`",
+                 `source`, `target`, `tables`, `apply`, `backfill`, `verify`, `redis`, `traffic`, \
+                 `cutover`, `metrics`, `log`",
             ),
             (
                 &format!("{MINIMAL}[backfill]\nchunk_rows = 5\n"),

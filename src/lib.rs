@@ -38,6 +38,7 @@ pub mod checks;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod controller;
 pub mod demo;
 pub mod error;
 pub mod lag;

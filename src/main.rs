@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use walshift::cli::{Cli, Command};
+use walshift::cli::{Cli, Command, TrafficCommand};
+use walshift::controller::Board;
+use walshift::runtime::reload::{ReloadReport, Reloader};
 use walshift::commands::run::RunOptions;
 use walshift::commands::status::LiveStatus;
 use walshift::commands::{self, setup::Outcome};
@@ -104,12 +106,27 @@ fn try_main(cli: Cli) -> Result<error::ExitCode, Error> {
             }
             Command::Run => {
                 let shutdown = shutdown::on_signals();
+                // SIGHUP and file changes reload [traffic] and [cutover].
+                let text = std::fs::read_to_string(&cli.config).unwrap_or_default();
+                let (settings_tx, settings) = tokio::sync::watch::channel(Arc::new(cfg.reloadable()));
+                let report = Arc::new(std::sync::Mutex::new(ReloadReport::default()));
+                let reloader =
+                    Reloader::new(cli.config.clone(), text, settings_tx, Arc::clone(&report));
+                let _reload = walshift::runtime::tasks::spawn_named(
+                    "reload",
+                    reloader.run(shutdown.clone()),
+                );
+                let board = Arc::new(Board::new(report));
                 let lag = Arc::new(Lag::default());
-                let live = Arc::new(LiveStatus::new(cfg.clone(), Arc::clone(&lag)));
-                let addr =
-                    serve_http(&cfg, Some(live), Some(Arc::clone(&lag)), shutdown.clone()).await?;
+                let mut live = LiveStatus::new(cfg.clone(), Arc::clone(&lag));
+                if cfg.redis.url.is_some() {
+                    live = live.with_controller(Arc::clone(&board));
+                }
+                let addr = serve_http(&cfg, Some(Arc::new(live)), Some(Arc::clone(&lag)), shutdown.clone())
+                    .await?;
                 let options = RunOptions { lag, http_addr: Some(addr), ..RunOptions::default() };
-                let summary = commands::run::run_with(&cfg, shutdown, options).await?;
+                let summary =
+                    walshift::controller::leader::run(&cfg, settings, board, options, shutdown).await?;
                 tracing::info!(
                     transactions = summary.applied.transactions,
                     changes = summary.applied.changes,
@@ -225,6 +242,38 @@ fn try_main(cli: Cli) -> Result<error::ExitCode, Error> {
                 );
                 // Like pg_recvlogical, a signal is the normal way to stop tail.
                 tracing::debug!(?end, "tail ended");
+                Ok(error::ExitCode::Success)
+            }
+            Command::Resume => {
+                let answer =
+                    commands::control::ask_leader(&cfg, "resume", &serde_json::json!({})).await?;
+                println!("{answer}");
+                Ok(error::ExitCode::Success)
+            }
+            Command::Rollback(args) => {
+                let answer = commands::control::ask_leader(
+                    &cfg,
+                    "rollback",
+                    &serde_json::json!({ "reason": args.reason }),
+                )
+                .await?;
+                println!("{answer}");
+                Ok(error::ExitCode::Success)
+            }
+            Command::History(args) => {
+                let mut stdout = std::io::stdout();
+                commands::control::history(&cfg, args.limit, args.json, &mut stdout).await?;
+                Ok(error::ExitCode::Success)
+            }
+            Command::Traffic(TrafficCommand::Route { key }) => {
+                let mut stdout = std::io::stdout();
+                commands::control::route(&cfg, key, &mut stdout).await?;
+                Ok(error::ExitCode::Success)
+            }
+            Command::Traffic(TrafficCommand::Watch) => {
+                let shutdown = shutdown::on_signals();
+                let mut stdout = std::io::stdout();
+                commands::control::watch(&cfg, shutdown, &mut stdout).await?;
                 Ok(error::ExitCode::Success)
             }
             Command::Demo(_) => Ok(error::ExitCode::Success),

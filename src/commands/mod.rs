@@ -2,6 +2,7 @@
 //! `Result<_, crate::error::Error>`; `main.rs` maps errors to exit codes.
 
 pub mod backfill;
+pub mod control;
 pub mod run;
 pub mod setup;
 pub mod status;

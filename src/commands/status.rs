@@ -9,6 +9,8 @@ use tokio_postgres::types::PgLsn;
 
 use crate::commands::backfill::group;
 use crate::config::ValidatedConfig;
+use crate::controller::machine::Gate;
+use crate::controller::{Board, ControllerStatus};
 use crate::error::Error;
 use crate::pg::client::{self, SessionLimits};
 use crate::pg::{catalog, migrate};
@@ -81,7 +83,90 @@ pub struct Status {
     pub note: Option<String>,
     /// The running instance's live figures (only when it answered).
     pub live: Option<LiveFigures>,
+    /// The cutover controller (live from the leader, or as stored).
+    #[serde(default)]
+    pub controller: Option<ControllerStatus>,
+    /// The published traffic decision, summarized (for the page).
+    #[serde(default)]
+    pub traffic: Option<TrafficSummary>,
+    /// The controller's gates at its last evaluation (for the page).
+    #[serde(default)]
+    pub gates: Option<Vec<Gate>>,
 }
+
+/// The traffic split as the controller last decided it.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct TrafficSummary {
+    /// Controller state.
+    pub state: String,
+    /// Reads on new, percent.
+    pub read_new: u8,
+    /// Reads on old, percent.
+    pub read_old: u8,
+    /// `[traffic] read_new_percent` in force (live only).
+    pub desired_read_new: Option<u8>,
+    /// Write side.
+    pub write: String,
+    /// Decision version.
+    pub version: i64,
+    /// Why.
+    pub reason: String,
+    /// Leader (`leader` / `standby` role when live).
+    pub role: String,
+}
+
+impl TrafficSummary {
+    fn of(c: &ControllerStatus) -> TrafficSummary {
+        TrafficSummary {
+            state: c.state.clone().unwrap_or_default(),
+            read_new: c.read_new,
+            read_old: 100 - c.read_new.min(100),
+            desired_read_new: (c.role == "leader").then_some(c.desired_read_new),
+            write: c.write.clone(),
+            version: c.version,
+            reason: c.reason.clone().unwrap_or_default(),
+            role: c.role.clone(),
+        }
+    }
+}
+
+/// The controller as stored in the state schema (no running leader asked).
+async fn stored_controller(
+    cfg: &ValidatedConfig,
+    target: &Client,
+) -> Result<Option<ControllerStatus>, Error> {
+    let row = crate::state::controller::load(target, &cfg.migration_name)
+        .await
+        .map_err(Error::sql("reading the controller state"))?;
+    let Some(row) = row else { return Ok(None) };
+    let recent = crate::state::controller::history(target, &cfg.migration_name, RECENT_AUDIT)
+        .await
+        .map_err(Error::sql("reading the audit trail"))?;
+    Ok(Some(ControllerStatus {
+        role: "stored".into(),
+        instance: row.leader.clone().unwrap_or_default(),
+        lease_holder: row.leader.clone(),
+        state: Some(row.state.clone()),
+        reason: Some(row.reason.clone()),
+        entered_at: Some(crate::traffic::decision::rfc3339(row.entered_at)),
+        read_new: row.read_new,
+        desired_read_new: cfg.traffic.read_new_percent,
+        stages: cfg.traffic.stages.clone(),
+        on_violation: cfg.traffic.on_violation.as_str().into(),
+        write: row.write_side.clone(),
+        version: row.version,
+        published_version: 0,
+        gates: Vec::new(),
+        fail_streak: 0,
+        failure_threshold: cfg.cutover.failure_threshold,
+        redis: Default::default(),
+        reload: Default::default(),
+        recent,
+    }))
+}
+
+/// Audit entries `status` shows.
+const RECENT_AUDIT: i64 = 5;
 
 /// What only a running instance knows.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
@@ -252,6 +337,8 @@ pub async fn read_with(
     };
     let differences_total = differences.len();
     differences.truncate(STATUS_DIFFERENCES);
+    let controller = stored_controller(cfg, target).await?;
+    let traffic = controller.as_ref().map(TrafficSummary::of);
     Ok(Status {
         migration: cfg.migration_name.clone(),
         applied_lsn,
@@ -266,6 +353,9 @@ pub async fn read_with(
         answered_by: "state schema".into(),
         note: None,
         live: None,
+        controller,
+        traffic,
+        gates: None,
     })
 }
 
@@ -333,12 +423,25 @@ pub struct LiveStatus {
     lag: Arc<Lag>,
     started: Instant,
     sessions: tokio::sync::Mutex<Option<(Client, Client)>>,
+    board: Option<Arc<Board>>,
 }
 
 impl LiveStatus {
     /// The live status of the run configured by `cfg`, whose lag is `lag`.
     pub fn new(cfg: ValidatedConfig, lag: Arc<Lag>) -> Self {
-        LiveStatus { cfg, lag, started: Instant::now(), sessions: tokio::sync::Mutex::new(None) }
+        LiveStatus {
+            cfg,
+            lag,
+            started: Instant::now(),
+            sessions: tokio::sync::Mutex::new(None),
+            board: None,
+        }
+    }
+
+    /// Also shows the controller's live status from `board`.
+    pub fn with_controller(mut self, board: Arc<Board>) -> Self {
+        self.board = Some(board);
+        self
     }
 
     fn figures(&self) -> LiveFigures {
@@ -382,6 +485,27 @@ impl LiveStatus {
             Ok(mut status) => {
                 status.answered_by = "instance".into();
                 status.live = Some(self.figures());
+                if let Some(board) = &self.board {
+                    let mut live = board.snapshot();
+                    if !live.role.is_empty() {
+                        live.recent = status
+                            .controller
+                            .as_ref()
+                            .map(|c| c.recent.clone())
+                            .unwrap_or_default();
+                        if live.role == "standby" {
+                            // A standby knows no gates; the stored decision
+                            // is the leader's.
+                            if let Some(stored) = &mut status.controller {
+                                stored.role = "standby".into();
+                            }
+                        } else {
+                            status.gates = Some(live.gates.clone());
+                            status.traffic = Some(TrafficSummary::of(&live));
+                            status.controller = Some(live);
+                        }
+                    }
+                }
                 Ok(status)
             }
             Err(e) => {
@@ -402,6 +526,9 @@ impl StatusSource for LiveStatus {
     }
 
     fn readiness(&self) -> Result<(), String> {
+        if let Some(why) = self.board.as_ref().and_then(|b| b.not_ready()) {
+            return Err(why);
+        }
         if !self.lag.is_connected() {
             return Err("the replication stream is not connected".into());
         }
@@ -559,6 +686,67 @@ fn render_verify(status: &Status, out: &mut impl Write) -> std::io::Result<()> {
             )?;
         }
     }
+    if let Some(c) = &status.controller {
+        render_controller(c, out)?;
+    }
+    Ok(())
+}
+
+fn render_controller(c: &ControllerStatus, out: &mut impl Write) -> std::io::Result<()> {
+    let state = c.state.as_deref().unwrap_or("not started");
+    let who = match c.role.as_str() {
+        "leader" => format!("leader {}", c.instance),
+        "standby" => format!(
+            "this instance is a standby; {} leads",
+            c.lease_holder.as_deref().unwrap_or("another instance")
+        ),
+        _ => format!("stored by {}", c.lease_holder.as_deref().unwrap_or("?")),
+    };
+    writeln!(
+        out,
+        "controller: {state}, reads {} % new / {} % old, writes {} (version {}; {who})",
+        c.read_new,
+        100 - c.read_new.min(100),
+        c.write,
+        c.version
+    )?;
+    if let Some(reason) = &c.reason {
+        writeln!(out, "  reason: {reason}")?;
+    }
+    if let Some(at) = &c.entered_at {
+        writeln!(out, "  since: {at}")?;
+    }
+    if c.role == "leader" {
+        writeln!(
+            out,
+            "  desired: {} % new, stages {:?}, on_violation {}",
+            c.desired_read_new, c.stages, c.on_violation
+        )?;
+        for g in &c.gates {
+            let verdict = match g.verdict {
+                crate::controller::machine::Verdict::Pass => "pass",
+                crate::controller::machine::Verdict::Hold => "HOLD",
+                crate::controller::machine::Verdict::Fail => "FAIL",
+            };
+            writeln!(out, "  gate {:<13} {verdict:<4} {} (limit {})", g.name.as_str(), g.value, g.limit)?;
+        }
+        if c.fail_streak > 0 {
+            writeln!(
+                out,
+                "  failing for {} evaluation(s) (a violation at {})",
+                c.fail_streak, c.failure_threshold
+            )?;
+        }
+        if let Some(e) = &c.reload.last_error {
+            writeln!(out, "  config reload rejected: {e}")?;
+        }
+    }
+    if !c.recent.is_empty() {
+        writeln!(out, "  recent decisions (walshift history for all):")?;
+        for a in &c.recent {
+            writeln!(out, "    {}", crate::commands::control::history_line(a))?;
+        }
+    }
     Ok(())
 }
 
@@ -640,6 +828,9 @@ mod tests {
             answered_by: "state schema".into(),
             note: None,
             live: None,
+            controller: None,
+            traffic: None,
+            gates: None,
         };
         let mut out = Vec::new();
         render(&status, &mut out).unwrap();

@@ -9,11 +9,13 @@
 //! | `backfill` | every backfill chunk, same transaction as its rows | [`backfill`] |
 //! | `verify_tables`, `verify_differences` | each verification chunk and pass | [`verify`] |
 //! | `instances` | each start of `walshift run` (where its `/status` answers) | [`instance`] |
+//! | `controller`, `audit`, `commands` | the cutover controller's decisions, its audit trail, operator commands | [`controller`] |
 //!
 //! The schema itself is created and upgraded by [`schema`] from the
 //! append-only files under `sql/`.
 
 pub mod backfill;
+pub mod controller;
 pub mod instance;
 pub mod progress;
 pub mod schema;

@@ -16,6 +16,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (2, "backfill", include_str!("../../sql/0002_backfill.sql")),
     (3, "verify", include_str!("../../sql/0003_verify.sql")),
     (4, "instances", include_str!("../../sql/0004_instances.sql")),
+    (5, "controller", include_str!("../../sql/0005_controller.sql")),
 ];
 
 /// Advisory lock key serializing migrations ("walshift" in ASCII, truncated).

@@ -69,6 +69,28 @@ pub const APPLY_BATCH_ROWS: &str = "walshift_apply_batch_rows";
 pub const ERRORS: &str = "walshift_errors_total";
 /// Sessions restarted after a transient error.
 pub const RECONNECTS: &str = "walshift_reconnects_total";
+/// Published share of reads on the new tables, percent.
+pub const TRAFFIC_READ_NEW_PERCENT: &str = "walshift_traffic_read_new_percent";
+/// `[traffic] read_new_percent` in force.
+pub const TRAFFIC_DESIRED_READ_NEW_PERCENT: &str = "walshift_traffic_desired_read_new_percent";
+/// Version of the last decision published to Redis.
+pub const TRAFFIC_VERSION: &str = "walshift_traffic_version";
+/// Decisions written to Redis, by `result` (`published`, `refused`, `error`).
+pub const TRAFFIC_PUBLISHES: &str = "walshift_traffic_publishes_total";
+/// Automatic and manual rollbacks to 0 % new.
+pub const TRAFFIC_ROLLBACKS: &str = "walshift_traffic_rollbacks_total";
+/// 1 for the controller's current `state`, 0 for the others.
+pub const CONTROLLER_STATE: &str = "walshift_controller_state";
+/// 1 while this instance leads (holds the lease), 0 as a standby.
+pub const CONTROLLER_LEADER: &str = "walshift_controller_leader";
+/// Per `gate`: 1 passing, 0 holding or failing.
+pub const GATE_PASSING: &str = "walshift_gate_passing";
+/// 1 while Redis answers the controller.
+pub const REDIS_UP: &str = "walshift_redis_up";
+/// Config reloads, by `result` (`applied`, `rejected`, `unchanged`).
+pub const CONFIG_RELOADS: &str = "walshift_config_reloads_total";
+/// 1 while the last reload was rejected, labelled with the offending `key`.
+pub const CONFIG_RELOAD_REJECTED: &str = "walshift_config_reload_rejected";
 /// 1, labelled with the version.
 pub const BUILD_INFO: &str = "walshift_build_info";
 /// Unix time the process started.
@@ -105,6 +127,17 @@ pub const ALL: &[&str] = &[
     APPLY_BATCH_ROWS,
     ERRORS,
     RECONNECTS,
+    TRAFFIC_READ_NEW_PERCENT,
+    TRAFFIC_DESIRED_READ_NEW_PERCENT,
+    TRAFFIC_VERSION,
+    TRAFFIC_PUBLISHES,
+    TRAFFIC_ROLLBACKS,
+    CONTROLLER_STATE,
+    CONTROLLER_LEADER,
+    GATE_PASSING,
+    REDIS_UP,
+    CONFIG_RELOADS,
+    CONFIG_RELOAD_REJECTED,
     BUILD_INFO,
     START_TIME,
 ];
@@ -117,8 +150,15 @@ pub const LABEL_OP: &str = "op";
 pub const LABEL_KIND: &str = "kind";
 /// Label holding the version (`walshift_build_info`).
 pub const LABEL_VERSION: &str = "version";
-/// Label holding a chunk's verification result (`match`, `mismatch`).
+/// Label holding a chunk's verification result (`match`, `mismatch`), a
+/// publish's or a reload's result.
 pub const LABEL_RESULT: &str = "result";
+/// Label holding the controller's state.
+pub const LABEL_STATE: &str = "state";
+/// Label holding a gate's name.
+pub const LABEL_GATE: &str = "gate";
+/// Label holding a config key.
+pub const LABEL_KEY: &str = "key";
 
 /// Registers help texts and units.
 pub fn describe() {
@@ -198,8 +238,24 @@ fn describe_pipeline() {
         "Errors by kind: transient (reconnect), strict_replay (batch replayed row by row), fatal."
     );
     describe_counter!(RECONNECTS, Unit::Count, "Sessions restarted after an error.");
+    describe_controller();
     describe_gauge!(BUILD_INFO, "1, labelled with walshift's version.");
     describe_gauge!(START_TIME, Unit::Seconds, "Unix time the process started.");
+}
+
+/// Registers the controller's metrics' help texts.
+fn describe_controller() {
+    describe_gauge!(TRAFFIC_READ_NEW_PERCENT, "Published share of reads on the new tables, percent.");
+    describe_gauge!(TRAFFIC_DESIRED_READ_NEW_PERCENT, "[traffic] read_new_percent in force.");
+    describe_gauge!(TRAFFIC_VERSION, "Version of the last traffic decision published to Redis.");
+    describe_counter!(TRAFFIC_PUBLISHES, Unit::Count, "Traffic decisions written to Redis, by result.");
+    describe_counter!(TRAFFIC_ROLLBACKS, Unit::Count, "Rollbacks of read traffic to 0 % new.");
+    describe_gauge!(CONTROLLER_STATE, "1 for the cutover controller's current state, 0 for the others.");
+    describe_gauge!(CONTROLLER_LEADER, "1 while this instance holds the controller lease.");
+    describe_gauge!(GATE_PASSING, "Per gate: 1 passing, 0 holding or failing.");
+    describe_gauge!(REDIS_UP, "1 while Redis answers the controller.");
+    describe_counter!(CONFIG_RELOADS, Unit::Count, "Config reloads, by result.");
+    describe_gauge!(CONFIG_RELOAD_REJECTED, "1 while the last config reload was rejected, by offending key.");
 }
 
 /// Registers the verification metrics' help texts.

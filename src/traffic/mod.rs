@@ -2,3 +2,5 @@
 //! new tables (`bucket`).
 
 pub mod bucket;
+pub mod decision;
+pub mod redis;

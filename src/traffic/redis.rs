@@ -1,0 +1,267 @@
+//! Redis: the published decision (`<prefix>traffic`, a key and a channel of
+//! the same name) and the controller's lease (`<prefix>lease`).
+//!
+//! Every write is one Lua script, so it is atomic on the server:
+//!
+//! * **publish** checks that the caller still holds the lease (its exact
+//!   value, which carries the fencing token) and that the new version is
+//!   greater than the stored one, then `SET`s the key and `PUBLISH`es the
+//!   same JSON. A deposed or stale writer is refused; a reader sees the old
+//!   value or the new one, never a mix.
+//! * **acquire** takes the lease if it is free (`SET NX PX`), with a
+//!   fencing token from `INCR <prefix>lease:token`.
+//! * **renew** extends the lease if the caller holds it, and re-takes it if
+//!   the key vanished (a Redis restart without persistence); it never takes
+//!   a lease somebody else holds.
+//! * **release** deletes the lease only if the caller holds it.
+//!
+//! The connection is a `redis` connection manager: it reconnects in the
+//! background after an error; callers retry on their own schedule.
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, Script};
+
+use crate::pg::secret::Secret;
+
+/// Per-command timeout: a Redis that does not answer counts as unreachable.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Connection timeout.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+const PUBLISH: &str = r"
+local lease = redis.call('GET', KEYS[2])
+if lease ~= ARGV[1] then
+  return {-1, lease or ''}
+end
+local current = redis.call('GET', KEYS[1])
+if current then
+  local ok, doc = pcall(cjson.decode, current)
+  if ok and type(doc) == 'table' and tonumber(doc['version']) ~= nil
+     and tonumber(doc['version']) >= tonumber(ARGV[2]) then
+    return {-2, tostring(doc['version'])}
+  end
+end
+redis.call('SET', KEYS[1], ARGV[3])
+redis.call('PUBLISH', KEYS[1], ARGV[3])
+return {1, ''}
+";
+
+const ACQUIRE: &str = r"
+local holder = redis.call('GET', KEYS[1])
+if holder then
+  return {0, holder}
+end
+local token = redis.call('INCR', KEYS[2])
+local value = token .. ':' .. ARGV[1]
+redis.call('SET', KEYS[1], value, 'PX', ARGV[2])
+return {1, value}
+";
+
+const RENEW: &str = r"
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return {1, ''}
+end
+if not holder then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return {2, ''}
+end
+return {0, holder}
+";
+
+const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  return {1, ''}
+end
+return {0, ''}
+";
+
+/// Errors talking to Redis (the text never includes the URL's password).
+#[derive(Debug, thiserror::Error)]
+pub enum RedisError {
+    /// The URL did not parse.
+    #[error("redis.url: {0}")]
+    Url(String),
+    /// Unreachable, timed out, or an error reply.
+    #[error("redis: {0}")]
+    Command(String),
+}
+
+impl RedisError {
+    fn command(e: &redis::RedisError) -> RedisError {
+        RedisError::Command(e.to_string())
+    }
+}
+
+/// The result of taking the lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Acquired {
+    /// This instance holds it; the value (`<token>:<holder>`) fences its
+    /// writes.
+    Held(String),
+    /// Another instance holds it (its value).
+    Taken(String),
+}
+
+/// The result of renewing the lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Renewed {
+    /// Still held.
+    Held,
+    /// The key had vanished (Redis restarted empty) and was taken again.
+    Retaken,
+    /// Somebody else holds it now (its value).
+    Lost(String),
+}
+
+/// The result of publishing a decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Published {
+    /// Stored and published.
+    Done,
+    /// The caller does not hold the lease (the holder's value, if any).
+    NotLeader(String),
+    /// Redis holds this version or a newer one.
+    Stale(i64),
+}
+
+/// Redis access for one migration.
+#[derive(Clone)]
+pub struct TrafficRedis {
+    conn: ConnectionManager,
+    traffic_key: String,
+    lease_key: String,
+    token_key: String,
+}
+
+impl std::fmt::Debug for TrafficRedis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrafficRedis").field("traffic_key", &self.traffic_key).finish()
+    }
+}
+
+/// Opens a client for `url` (no connection yet).
+pub fn client(url: &Secret) -> Result<redis::Client, RedisError> {
+    redis::Client::open(url.expose().trim()).map_err(|e| {
+        // The redis crate's parse errors do not echo the URL.
+        RedisError::Url(format!("invalid Redis URL ({})", e.kind_name()))
+    })
+}
+
+trait KindName {
+    fn kind_name(&self) -> String;
+}
+
+impl KindName for redis::RedisError {
+    fn kind_name(&self) -> String {
+        format!("{:?}", self.kind())
+    }
+}
+
+impl TrafficRedis {
+    /// Connects lazily (the first command connects; an unreachable Redis is
+    /// an error of that command, not of this call).
+    pub fn new(url: &Secret, key_prefix: &str) -> Result<TrafficRedis, RedisError> {
+        let config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(2));
+        let conn = client(url)?
+            .get_connection_manager_lazy(config)
+            .map_err(|e| RedisError::command(&e))?;
+        Ok(TrafficRedis {
+            conn,
+            traffic_key: format!("{key_prefix}traffic"),
+            lease_key: format!("{key_prefix}lease"),
+            token_key: format!("{key_prefix}lease:token"),
+        })
+    }
+
+    /// The key (and channel) of the decision.
+    pub fn traffic_key(&self) -> &str {
+        &self.traffic_key
+    }
+
+    /// Takes the lease for `holder` if it is free.
+    pub async fn acquire(&self, holder: &str, ttl: Duration) -> Result<Acquired, RedisError> {
+        let mut conn = self.conn.clone();
+        let (code, value): (i64, String) = Script::new(ACQUIRE)
+            .key(&self.lease_key)
+            .key(&self.token_key)
+            .arg(holder)
+            .arg(millis(ttl))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| RedisError::command(&e))?;
+        Ok(if code == 1 { Acquired::Held(value) } else { Acquired::Taken(value) })
+    }
+
+    /// Renews the lease held as `value`.
+    pub async fn renew(&self, value: &str, ttl: Duration) -> Result<Renewed, RedisError> {
+        let mut conn = self.conn.clone();
+        let (code, holder): (i64, String) = Script::new(RENEW)
+            .key(&self.lease_key)
+            .arg(value)
+            .arg(millis(ttl))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| RedisError::command(&e))?;
+        Ok(match code {
+            1 => Renewed::Held,
+            2 => Renewed::Retaken,
+            _ => Renewed::Lost(holder),
+        })
+    }
+
+    /// Gives the lease up (if still held as `value`).
+    pub async fn release(&self, value: &str) -> Result<(), RedisError> {
+        let mut conn = self.conn.clone();
+        let _: (i64, String) = Script::new(RELEASE)
+            .key(&self.lease_key)
+            .arg(value)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| RedisError::command(&e))?;
+        Ok(())
+    }
+
+    /// The lease's current value, if any.
+    pub async fn lease_holder(&self) -> Result<Option<String>, RedisError> {
+        let mut conn = self.conn.clone();
+        conn.get(&self.lease_key).await.map_err(|e| RedisError::command(&e))
+    }
+
+    /// Stores and publishes `json` as `version`, fenced by the lease `value`.
+    pub async fn publish(&self, lease: &str, version: i64, json: &str) -> Result<Published, RedisError> {
+        let mut conn = self.conn.clone();
+        let (code, detail): (i64, String) = Script::new(PUBLISH)
+            .key(&self.traffic_key)
+            .key(&self.lease_key)
+            .arg(lease)
+            .arg(version)
+            .arg(json)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| RedisError::command(&e))?;
+        Ok(match code {
+            1 => Published::Done,
+            -2 => Published::Stale(detail.parse().unwrap_or(i64::MAX)),
+            _ => Published::NotLeader(detail),
+        })
+    }
+
+    /// The published decision's text, if the key exists.
+    pub async fn current(&self) -> Result<Option<String>, RedisError> {
+        let mut conn = self.conn.clone();
+        conn.get(&self.traffic_key).await.map_err(|e| RedisError::command(&e))
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}

@@ -1439,7 +1439,10 @@ fn validate_cutover(cutover: &CutoverConfig) -> Result<CutoverSettings, ConfigEr
     let seconds = |field: &str, value: f64, zero_ok: bool| -> Result<Duration, ConfigError> {
         if !value.is_finite() || value < 0.0 || (!zero_ok && value == 0.0) || value > 1e9 {
             let bound = if zero_ok { ">= 0" } else { "> 0" };
-            return Err(ConfigError::invalid(field, format!("must be a number of seconds {bound}")));
+            return Err(ConfigError::invalid(
+                field,
+                format!("must be a number of seconds {bound}"),
+            ));
         }
         Ok(Duration::from_secs_f64(value))
     };

@@ -12,15 +12,15 @@ use std::time::Duration;
 use clap::Parser;
 
 use walshift::cli::{Cli, Command, TrafficCommand};
-use walshift::controller::Board;
-use walshift::runtime::reload::{ReloadReport, Reloader};
 use walshift::commands::run::RunOptions;
 use walshift::commands::status::LiveStatus;
 use walshift::commands::{self, setup::Outcome};
 use walshift::config::{Config, LogFormat, ValidatedConfig};
+use walshift::controller::Board;
 use walshift::demo::{self, DemoOptions};
 use walshift::error::{self, Error};
 use walshift::lag::Lag;
+use walshift::runtime::reload::{ReloadReport, Reloader};
 use walshift::runtime::shutdown::{self, Shutdown};
 use walshift::telemetry::http::{self, Endpoints, StatusSource};
 
@@ -108,25 +108,30 @@ fn try_main(cli: Cli) -> Result<error::ExitCode, Error> {
                 let shutdown = shutdown::on_signals();
                 // SIGHUP and file changes reload [traffic] and [cutover].
                 let text = std::fs::read_to_string(&cli.config).unwrap_or_default();
-                let (settings_tx, settings) = tokio::sync::watch::channel(Arc::new(cfg.reloadable()));
+                let (settings_tx, settings) =
+                    tokio::sync::watch::channel(Arc::new(cfg.reloadable()));
                 let report = Arc::new(std::sync::Mutex::new(ReloadReport::default()));
                 let reloader =
                     Reloader::new(cli.config.clone(), text, settings_tx, Arc::clone(&report));
-                let _reload = walshift::runtime::tasks::spawn_named(
-                    "reload",
-                    reloader.run(shutdown.clone()),
-                );
+                let _reload =
+                    walshift::runtime::tasks::spawn_named("reload", reloader.run(shutdown.clone()));
                 let board = Arc::new(Board::new(report));
                 let lag = Arc::new(Lag::default());
                 let mut live = LiveStatus::new(cfg.clone(), Arc::clone(&lag));
                 if cfg.redis.url.is_some() {
                     live = live.with_controller(Arc::clone(&board));
                 }
-                let addr = serve_http(&cfg, Some(Arc::new(live)), Some(Arc::clone(&lag)), shutdown.clone())
-                    .await?;
+                let addr = serve_http(
+                    &cfg,
+                    Some(Arc::new(live)),
+                    Some(Arc::clone(&lag)),
+                    shutdown.clone(),
+                )
+                .await?;
                 let options = RunOptions { lag, http_addr: Some(addr), ..RunOptions::default() };
                 let summary =
-                    walshift::controller::leader::run(&cfg, settings, board, options, shutdown).await?;
+                    walshift::controller::leader::run(&cfg, settings, board, options, shutdown)
+                        .await?;
                 tracing::info!(
                     transactions = summary.applied.transactions,
                     changes = summary.applied.changes,

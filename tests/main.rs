@@ -10,6 +10,7 @@ mod apply_edge;
 mod backfill;
 mod backfill_crash;
 mod connect;
+mod controller;
 mod demo;
 mod harness;
 mod observability;

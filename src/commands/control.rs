@@ -22,7 +22,9 @@ pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// `user@host` of whoever runs the command.
 pub fn requester() -> String {
-    let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".into());
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into());
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .unwrap_or_else(|_| "localhost".into());
@@ -32,12 +34,17 @@ pub fn requester() -> String {
 /// Asks the running leader to carry out `command`; returns its answer.
 /// Refused (exit 2) when no leader runs or the leader refuses; exit 1 when
 /// it does not answer in time (the request is then withdrawn).
-pub async fn ask_leader(cfg: &ValidatedConfig, command: &str, args: &serde_json::Value) -> Result<String, Error> {
+pub async fn ask_leader(
+    cfg: &ValidatedConfig,
+    command: &str,
+    args: &serde_json::Value,
+) -> Result<String, Error> {
     let target = client::connect(&cfg.target.url, command, SessionLimits::ADMIN).await?;
     let row = stored::load(&target, &cfg.migration_name)
         .await
         .map_err(Error::sql("reading the controller state"))?;
-    let alive_within = (cfg.cutover.lease_ttl + 2 * cfg.cutover.evaluate_interval).as_secs_f64() + 2.0;
+    let alive_within =
+        (cfg.cutover.lease_ttl + 2 * cfg.cutover.evaluate_interval).as_secs_f64() + 2.0;
     let no_leader = |why: String| {
         Error::Precondition(format!(
             "no running walshift run leads migration {} ({why}): start `walshift run` with [redis] url \
@@ -53,19 +60,26 @@ pub async fn ask_leader(cfg: &ValidatedConfig, command: &str, args: &serde_json:
         Some(age) => return Err(no_leader(format!("its leader was last seen {age:.0} s ago"))),
         None => return Err(no_leader("no leader recorded".into())),
     }
-    let id = stored::request(&target, &cfg.migration_name, command, &args.to_string(), &requester())
-        .await
-        .map_err(Error::sql("queueing the command"))?;
+    let id =
+        stored::request(&target, &cfg.migration_name, command, &args.to_string(), &requester())
+            .await
+            .map_err(Error::sql("queueing the command"))?;
     let started = Instant::now();
     loop {
-        if let Some(answer) =
-            stored::answer_of(&target, id).await.map_err(Error::sql("reading the leader's answer"))?
+        if let Some(answer) = stored::answer_of(&target, id)
+            .await
+            .map_err(Error::sql("reading the leader's answer"))?
         {
-            return if answer.ok { Ok(answer.answer) } else { Err(Error::Precondition(answer.answer)) };
+            return if answer.ok {
+                Ok(answer.answer)
+            } else {
+                Err(Error::Precondition(answer.answer))
+            };
         }
         if started.elapsed() >= ANSWER_TIMEOUT {
-            let withdrawn =
-                stored::withdraw(&target, id).await.map_err(Error::sql("withdrawing the command"))?;
+            let withdrawn = stored::withdraw(&target, id)
+                .await
+                .map_err(Error::sql("withdrawing the command"))?;
             if withdrawn {
                 return Err(Error::Internal(format!(
                     "the leader did not answer within {} s; the request was withdrawn and nothing \
@@ -93,7 +107,12 @@ pub fn history_line(a: &AuditEntry) -> String {
 }
 
 /// `walshift history`.
-pub async fn history(cfg: &ValidatedConfig, limit: i64, json: bool, out: &mut impl Write) -> Result<(), Error> {
+pub async fn history(
+    cfg: &ValidatedConfig,
+    limit: i64,
+    json: bool,
+    out: &mut impl Write,
+) -> Result<(), Error> {
     let target = client::connect(&cfg.target.url, "history", SessionLimits::ADMIN).await?;
     let entries = stored::history(&target, &cfg.migration_name, limit)
         .await
@@ -103,8 +122,12 @@ pub async fn history(cfg: &ValidatedConfig, limit: i64, json: bool, out: &mut im
             .map_err(|e| Error::Internal(format!("cannot render the history: {e}")))?;
         writeln!(out, "{text}").map_err(Error::Output)?;
     } else if entries.is_empty() {
-        writeln!(out, "no decisions yet: the controller has not run for migration {}", cfg.migration_name)
-            .map_err(Error::Output)?;
+        writeln!(
+            out,
+            "no decisions yet: the controller has not run for migration {}",
+            cfg.migration_name
+        )
+        .map_err(Error::Output)?;
     } else {
         for a in &entries {
             writeln!(out, "{}", history_line(a)).map_err(Error::Output)?;
@@ -163,14 +186,19 @@ pub async fn route(cfg: &ValidatedConfig, key: &str, out: &mut impl Write) -> Re
 /// `walshift traffic watch`: prints the current decision, then each one
 /// published, until interrupted. Re-reads the key after every
 /// (re)subscribe, since pub/sub drops what is sent while disconnected.
-pub async fn watch(cfg: &ValidatedConfig, mut shutdown: Shutdown, out: &mut impl Write) -> Result<(), Error> {
+pub async fn watch(
+    cfg: &ValidatedConfig,
+    mut shutdown: Shutdown,
+    out: &mut impl Write,
+) -> Result<(), Error> {
     let Some(url) = &cfg.redis.url else {
         return Err(Error::Precondition(
             "redis.url is not set: walshift publishes no traffic decision without it".into(),
         ));
     };
     let redis = decision_source(cfg)?;
-    let client = crate::traffic::redis::client(url).map_err(|e| Error::Precondition(e.to_string()))?;
+    let client =
+        crate::traffic::redis::client(url).map_err(|e| Error::Precondition(e.to_string()))?;
     let channel = redis.traffic_key().to_owned();
     let mut last_version = i64::MIN;
     let mut backoff = Duration::from_millis(200);

@@ -728,7 +728,13 @@ fn render_controller(c: &ControllerStatus, out: &mut impl Write) -> std::io::Res
                 crate::controller::machine::Verdict::Hold => "HOLD",
                 crate::controller::machine::Verdict::Fail => "FAIL",
             };
-            writeln!(out, "  gate {:<13} {verdict:<4} {} (limit {})", g.name.as_str(), g.value, g.limit)?;
+            writeln!(
+                out,
+                "  gate {:<13} {verdict:<4} {} (limit {})",
+                g.name.as_str(),
+                g.value,
+                g.limit
+            )?;
         }
         if c.fail_streak > 0 {
             writeln!(

@@ -61,7 +61,12 @@ fn backfill(signals: &Signals) -> Gate {
         .map(String::as_str)
         .collect();
     if incomplete.is_empty() {
-        Gate::new(GateName::Backfill, Verdict::Pass, format!("{} of {} complete", signals.tables.len(), signals.tables.len()), limit)
+        Gate::new(
+            GateName::Backfill,
+            Verdict::Pass,
+            format!("{} of {} complete", signals.tables.len(), signals.tables.len()),
+            limit,
+        )
     } else {
         // Not complete is not a failure of the copy: it holds.
         Gate::new(
@@ -78,7 +83,11 @@ fn lag_seconds(signals: &Signals, cutover: &CutoverSettings) -> Gate {
     match signals.lag_seconds {
         None => Gate::new(GateName::LagSeconds, Verdict::Hold, "unknown", limit),
         Some(lag) => {
-            let v = if lag.as_secs_f64() <= cutover.max_lag_seconds { Verdict::Pass } else { Verdict::Fail };
+            let v = if lag.as_secs_f64() <= cutover.max_lag_seconds {
+                Verdict::Pass
+            } else {
+                Verdict::Fail
+            };
             Gate::new(GateName::LagSeconds, v, format!("{:.2} s", lag.as_secs_f64()), limit)
         }
     }
@@ -104,14 +113,16 @@ fn verification(signals: &Signals, cutover: &CutoverSettings) -> Gate {
     let mut oldest: Option<f64> = Some(0.0);
     let mut holds = Vec::new();
     for table in &signals.tables {
-        let runs: Vec<&TableVerifyState> = states.iter().filter(|s| &s.target_table == table).collect();
+        let runs: Vec<&TableVerifyState> =
+            states.iter().filter(|s| &s.target_table == table).collect();
         // Differences recorded by the newest finished pass, or by the pass
         // in progress, are a violation.
         let newest = runs
             .iter()
             .filter_map(|s| s.last.as_ref())
             .max_by(|a, b| a.finished_at.cmp(&b.finished_at));
-        let dirty_now = runs.iter().filter_map(|s| s.pass.as_ref()).any(|p| p.counters.differences > 0);
+        let dirty_now =
+            runs.iter().filter_map(|s| s.pass.as_ref()).any(|p| p.counters.differences > 0);
         if dirty_now || newest.is_some_and(|l| l.result == PassResult::Differences) {
             let found = runs
                 .iter()

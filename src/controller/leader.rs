@@ -30,9 +30,8 @@ pub fn instance_id() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .unwrap_or_else(|_| "localhost".to_owned());
-    let started = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis());
+    let started =
+        SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis());
     format!("{host}:{}:{started}", std::process::id())
 }
 
@@ -87,8 +86,12 @@ pub async fn run(
 
         let (step_down_tx, stop) = shutdown::channel();
         let step_down = Arc::new(step_down_tx);
-        let (view_tx, view_rx) =
-            watch::channel(LeaseView { value: value.clone(), renewed_at: Instant::now(), ttl, problem: None });
+        let (view_tx, view_rx) = watch::channel(LeaseView {
+            value: value.clone(),
+            renewed_at: Instant::now(),
+            ttl,
+            problem: None,
+        });
         let forward = {
             let step_down = Arc::clone(&step_down);
             let mut outer = outer.clone();

@@ -283,7 +283,14 @@ impl Machine {
         )
     }
 
-    fn change(&mut self, kind: StepKind, to: State, read_new: u8, reason: String, now: SystemTime) -> Step {
+    fn change(
+        &mut self,
+        kind: StepKind,
+        to: State,
+        read_new: u8,
+        reason: String,
+        now: SystemTime,
+    ) -> Step {
         let from = self.position.state;
         let before = self.position.read_new;
         if read_new != before {
@@ -344,7 +351,9 @@ impl Machine {
         }
 
         // A violation while reads are on new.
-        if pos.read_new > 0 && pos.state != State::Paused && self.fail_streak >= cutover.failure_threshold
+        if pos.read_new > 0
+            && pos.state != State::Paused
+            && self.fail_streak >= cutover.failure_threshold
         {
             let gate = failing.map(Gate::describe).unwrap_or_default();
             let streak = self.fail_streak;
@@ -376,7 +385,13 @@ impl Machine {
                     "gates passing again: shifting resumes at {} % (soak restarts)",
                     pos.read_new
                 );
-                return Some(self.change(StepKind::State, State::Shifting, pos.read_new, reason, now));
+                return Some(self.change(
+                    StepKind::State,
+                    State::Shifting,
+                    pos.read_new,
+                    reason,
+                    now,
+                ));
             }
             return None;
         }
@@ -420,7 +435,12 @@ impl Machine {
     }
 
     /// `walshift rollback`: 0 % new at once, then stay until re-armed.
-    pub fn rollback(&mut self, traffic: &TrafficSettings, who: &str, now: SystemTime) -> CommandOutcome {
+    pub fn rollback(
+        &mut self,
+        traffic: &TrafficSettings,
+        who: &str,
+        now: SystemTime,
+    ) -> CommandOutcome {
         let pos = self.position.clone();
         if pos.state == State::RolledBack {
             return CommandOutcome {
@@ -524,13 +544,19 @@ mod tests {
     }
 
     fn gates(overrides: &[(GateName, Verdict)]) -> Gates {
-        [GateName::Backfill, GateName::LagSeconds, GateName::LagBytes, GateName::Verification, GateName::Redis]
-            .into_iter()
-            .map(|name| {
-                let v = overrides.iter().find(|(n, _)| *n == name).map_or(Verdict::Pass, |(_, v)| *v);
-                Gate::new(name, v, "x", "y")
-            })
-            .collect()
+        [
+            GateName::Backfill,
+            GateName::LagSeconds,
+            GateName::LagBytes,
+            GateName::Verification,
+            GateName::Redis,
+        ]
+        .into_iter()
+        .map(|name| {
+            let v = overrides.iter().find(|(n, _)| *n == name).map_or(Verdict::Pass, |(_, v)| *v);
+            Gate::new(name, v, "x", "y")
+        })
+        .collect()
     }
 
     fn at(t0: SystemTime, secs: u64) -> SystemTime {
@@ -538,7 +564,15 @@ mod tests {
     }
 
     /// Runs evaluations once per second from `from` to `to` (inclusive).
-    fn run(m: &mut Machine, g: &[Gate], t: &TrafficSettings, c: &CutoverSettings, t0: SystemTime, from: u64, to: u64) -> Vec<Step> {
+    fn run(
+        m: &mut Machine,
+        g: &[Gate],
+        t: &TrafficSettings,
+        c: &CutoverSettings,
+        t0: SystemTime,
+        from: u64,
+        to: u64,
+    ) -> Vec<Step> {
         (from..=to).filter_map(|s| m.evaluate(g, t, c, at(t0, s))).collect()
     }
 
@@ -552,12 +586,14 @@ mod tests {
         let steps = run(&mut m, &gates(&[(GateName::Backfill, Verdict::Fail)]), &t, &c, t0, 0, 5);
         assert!(steps.is_empty(), "{steps:?}");
         // Lag unknown: catching up after three evaluations.
-        let steps = run(&mut m, &gates(&[(GateName::LagSeconds, Verdict::Hold)]), &t, &c, t0, 6, 10);
+        let steps =
+            run(&mut m, &gates(&[(GateName::LagSeconds, Verdict::Hold)]), &t, &c, t0, 6, 10);
         assert_eq!(steps.len(), 1);
         assert_eq!(steps[0].to, State::CatchingUp);
         assert_eq!(m.position().read_new, 0);
         // No verification yet: in sync.
-        let steps = run(&mut m, &gates(&[(GateName::Verification, Verdict::Hold)]), &t, &c, t0, 11, 15);
+        let steps =
+            run(&mut m, &gates(&[(GateName::Verification, Verdict::Hold)]), &t, &c, t0, 11, 15);
         assert_eq!(steps.iter().map(|s| s.to).collect::<Vec<_>>(), [State::InSync]);
         // Everything passes: verified, then 10, 50, 90, 100 each after 10 s.
         let steps = run(&mut m, &gates(&[]), &t, &c, t0, 16, 100);
@@ -588,7 +624,13 @@ mod tests {
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
         let c = cutover(0);
         let t = traffic(50, OnViolation::Rollback);
-        for name in [GateName::Backfill, GateName::LagSeconds, GateName::LagBytes, GateName::Verification, GateName::Redis] {
+        for name in [
+            GateName::Backfill,
+            GateName::LagSeconds,
+            GateName::LagBytes,
+            GateName::Verification,
+            GateName::Redis,
+        ] {
             for v in [Verdict::Hold, Verdict::Fail] {
                 let mut m = Machine::new(Position {
                     state: State::Shifting,
@@ -603,7 +645,11 @@ mod tests {
             }
         }
         // Soak alone: with a 60 s soak nothing moves in 30 s.
-        let mut m = Machine::new(Position { state: State::Shifting, read_new: 10, ..Position::initial(t0) });
+        let mut m = Machine::new(Position {
+            state: State::Shifting,
+            read_new: 10,
+            ..Position::initial(t0)
+        });
         assert!(run(&mut m, &gates(&[]), &t, &cutover(60), t0, 0, 30).is_empty());
     }
 
@@ -612,15 +658,26 @@ mod tests {
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
         let c = cutover(0);
         let t = traffic(90, OnViolation::Rollback);
-        let mut m = Machine::new(Position { state: State::Shifting, read_new: 50, ..Position::initial(t0) });
+        let mut m = Machine::new(Position {
+            state: State::Shifting,
+            read_new: 50,
+            ..Position::initial(t0)
+        });
         let bad = gates(&[(GateName::LagSeconds, Verdict::Fail)]);
         assert!(m.evaluate(&bad, &t, &c, at(t0, 1)).is_none());
         assert!(m.evaluate(&bad, &t, &c, at(t0, 2)).is_none());
         let step = m.evaluate(&bad, &t, &c, at(t0, 3)).expect("rollback on the third");
-        assert_eq!((step.to, step.read_new_after, step.kind), (State::RolledBack, 0, StepKind::Decision));
+        assert_eq!(
+            (step.to, step.read_new_after, step.kind),
+            (State::RolledBack, 0, StepKind::Decision)
+        );
         assert!(step.reason.contains("lag_seconds"), "{}", step.reason);
         // A noisy sample in between resets the count.
-        let mut m2 = Machine::new(Position { state: State::Shifting, read_new: 50, ..Position::initial(t0) });
+        let mut m2 = Machine::new(Position {
+            state: State::Shifting,
+            read_new: 50,
+            ..Position::initial(t0)
+        });
         let good = gates(&[]);
         for (s, g) in [(1, &bad), (2, &bad), (3, &good), (4, &bad), (5, &bad)] {
             assert!(m2.evaluate(g, &traffic(50, OnViolation::Rollback), &c, at(t0, s)).is_none());
@@ -641,8 +698,13 @@ mod tests {
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
         let c = cutover(0);
         let t = traffic(100, OnViolation::Hold);
-        let mut m = Machine::new(Position { state: State::Shifting, read_new: 50, ..Position::initial(t0) });
-        let steps = run(&mut m, &gates(&[(GateName::Verification, Verdict::Fail)]), &t, &c, t0, 1, 10);
+        let mut m = Machine::new(Position {
+            state: State::Shifting,
+            read_new: 50,
+            ..Position::initial(t0)
+        });
+        let steps =
+            run(&mut m, &gates(&[(GateName::Verification, Verdict::Fail)]), &t, &c, t0, 1, 10);
         assert_eq!(steps.len(), 1);
         assert_eq!((steps[0].to, steps[0].read_new_after), (State::Paused, 50));
         let step = m.evaluate(&gates(&[]), &t, &c, at(t0, 11)).expect("resumes");
@@ -653,11 +715,17 @@ mod tests {
     fn lowering_moves_at_once_without_gates() {
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
         let c = cutover(1000);
-        let mut m = Machine::new(Position { state: State::Shifting, read_new: 90, ..Position::initial(t0) });
+        let mut m = Machine::new(Position {
+            state: State::Shifting,
+            read_new: 90,
+            ..Position::initial(t0)
+        });
         let bad = gates(&[(GateName::Redis, Verdict::Hold), (GateName::LagSeconds, Verdict::Fail)]);
-        let step = m.evaluate(&bad, &traffic(10, OnViolation::Rollback), &c, at(t0, 1)).expect("lowered");
+        let step =
+            m.evaluate(&bad, &traffic(10, OnViolation::Rollback), &c, at(t0, 1)).expect("lowered");
         assert_eq!((step.read_new_after, step.to), (10, State::Shifting));
-        let step = m.evaluate(&bad, &traffic(0, OnViolation::Rollback), &c, at(t0, 2)).expect("to 0");
+        let step =
+            m.evaluate(&bad, &traffic(0, OnViolation::Rollback), &c, at(t0, 2)).expect("to 0");
         assert_eq!((step.read_new_after, step.to), (0, State::CatchingUp));
     }
 
@@ -665,7 +733,11 @@ mod tests {
     fn commands() {
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
         let t = traffic(100, OnViolation::Rollback);
-        let mut m = Machine::new(Position { state: State::Shifting, read_new: 50, ..Position::initial(t0) });
+        let mut m = Machine::new(Position {
+            state: State::Shifting,
+            read_new: 50,
+            ..Position::initial(t0)
+        });
         let out = m.rollback(&t, "ops@host", at(t0, 1));
         assert!(out.ok);
         assert_eq!(m.position().read_new, 0);

@@ -115,10 +115,9 @@ impl Board {
                 "redis unreachable: {}; the controller holds (nothing moves toward new)",
                 s.redis.problem.unwrap_or_default()
             )),
-            "leader" if !s.redis.lease_held => Some(format!(
-                "controller lease not held: {}",
-                s.redis.problem.unwrap_or_default()
-            )),
+            "leader" if !s.redis.lease_held => {
+                Some(format!("controller lease not held: {}", s.redis.problem.unwrap_or_default()))
+            }
             "standby" => Some(format!(
                 "standby: {} holds the controller lease",
                 s.lease_holder.unwrap_or_else(|| "another instance".into())
@@ -237,7 +236,10 @@ impl Controller {
                 to_state: Some(row.state.clone()),
                 read_new: Some(row.read_new),
                 version: Some(row.version),
-                reason: format!("{} leads (resumes {} at {} % new)", self.me, row.state, row.read_new),
+                reason: format!(
+                    "{} leads (resumes {} at {} % new)",
+                    self.me, row.state, row.read_new
+                ),
                 actor: Some(self.me.clone()),
                 ..empty_audit()
             },
@@ -287,8 +289,12 @@ impl Controller {
         let signals = Signals {
             lag_seconds: self.lag.seconds(),
             lag_bytes: self.lag.bytes(),
-            backfill: crate::state::backfill::load(&live.client, &self.cfg.migration_name).await.ok(),
-            verify: crate::state::verify::load(&live.client, &self.cfg.migration_name, None).await.ok(),
+            backfill: crate::state::backfill::load(&live.client, &self.cfg.migration_name)
+                .await
+                .ok(),
+            verify: crate::state::verify::load(&live.client, &self.cfg.migration_name, None)
+                .await
+                .ok(),
             tables: self.tables.clone(),
             redis: redis_health.clone(),
         };
@@ -307,7 +313,9 @@ impl Controller {
             };
             let mut message = outcome.message.clone();
             if let Some(step) = &outcome.step {
-                if let Some(exit) = self.decide(live, step, &gates, Some(&cmd.requested_by), &settings).await? {
+                if let Some(exit) =
+                    self.decide(live, step, &gates, Some(&cmd.requested_by), &settings).await?
+                {
                     return Ok(Some(exit));
                 }
                 message = format!("{message} (decision version {})", live.version);
@@ -316,7 +324,8 @@ impl Controller {
             stored::answer(&live.client, cmd.id, outcome.ok, &message).await?;
         }
 
-        if let Some(step) = live.machine.evaluate(&gates, &settings.traffic, &settings.cutover, now) {
+        if let Some(step) = live.machine.evaluate(&gates, &settings.traffic, &settings.cutover, now)
+        {
             if let Some(exit) = self.decide(live, &step, &gates, None, &settings).await? {
                 return Ok(Some(exit));
             }
@@ -328,7 +337,9 @@ impl Controller {
                 let why = match in_redis {
                     None => Some("the key was missing (Redis restarted or the key was deleted)"),
                     Some(v) if v < live.version => Some("Redis held an older version"),
-                    _ if live.published < live.version => Some("the last publish did not reach Redis"),
+                    _ if live.published < live.version => {
+                        Some("the last publish did not reach Redis")
+                    }
                     _ => None,
                 };
                 if let Some(why) = why {
@@ -375,7 +386,8 @@ impl Controller {
             actor: Some(actor.map_or_else(|| self.me.clone(), str::to_owned)),
             ..empty_audit()
         };
-        if !stored::save(&mut live.client, &self.cfg.migration_name, &self.me, &row, &audit).await? {
+        if !stored::save(&mut live.client, &self.cfg.migration_name, &self.me, &row, &audit).await?
+        {
             return Ok(Some(Exit::Deposed("another instance claimed the controller".into())));
         }
         if step.to == State::RolledBack && step.read_new_before > 0 {
@@ -409,7 +421,8 @@ impl Controller {
             actor: Some(self.me.clone()),
             ..empty_audit()
         };
-        if !stored::save(&mut live.client, &self.cfg.migration_name, &self.me, &row, &audit).await? {
+        if !stored::save(&mut live.client, &self.cfg.migration_name, &self.me, &row, &audit).await?
+        {
             return Ok(Some(Exit::Deposed("another instance claimed the controller".into())));
         }
         tracing::info!(version = live.version, why, "republishing the current decision");
@@ -422,7 +435,8 @@ impl Controller {
         match self.redis.publish(&lease.value, live.version, json).await {
             Ok(Published::Done) => {
                 live.published = live.version;
-                metrics::counter!(m::TRAFFIC_PUBLISHES, m::LABEL_RESULT => "published").increment(1);
+                metrics::counter!(m::TRAFFIC_PUBLISHES, m::LABEL_RESULT => "published")
+                    .increment(1);
                 metrics::gauge!(m::TRAFFIC_VERSION).set(live.version as f64);
                 None
             }
@@ -439,7 +453,11 @@ impl Controller {
             }
             Ok(Published::Stale(v)) => {
                 metrics::counter!(m::TRAFFIC_PUBLISHES, m::LABEL_RESULT => "refused").increment(1);
-                tracing::warn!(redis_version = v, version = live.version, "Redis holds a newer version; republishing above it");
+                tracing::warn!(
+                    redis_version = v,
+                    version = live.version,
+                    "Redis holds a newer version; republishing above it"
+                );
                 live.version = live.version.max(v);
                 None
             }
@@ -453,7 +471,13 @@ impl Controller {
         }
     }
 
-    fn stored_row(&self, p: &Position, version: i64, write: &str, now: SystemTime) -> StoredController {
+    fn stored_row(
+        &self,
+        p: &Position,
+        version: i64,
+        write: &str,
+        now: SystemTime,
+    ) -> StoredController {
         let settings = self.settings.borrow();
         let decision = Decision {
             version,
@@ -483,7 +507,14 @@ impl Controller {
         }
     }
 
-    fn show(&self, live: &Live, settings: &Reloadable, mut gates: Vec<Gate>, redis: RedisHealth, now: SystemTime) {
+    fn show(
+        &self,
+        live: &Live,
+        settings: &Reloadable,
+        mut gates: Vec<Gate>,
+        redis: RedisHealth,
+        now: SystemTime,
+    ) {
         let p = live.machine.position();
         gates.push(live.machine.soak_gate(&settings.cutover, now));
         for state in State::ALL {
@@ -495,7 +526,8 @@ impl Controller {
             metrics::gauge!(m::GATE_PASSING, m::LABEL_GATE => g.name.as_str()).set(v);
         }
         metrics::gauge!(m::TRAFFIC_READ_NEW_PERCENT).set(f64::from(p.read_new));
-        metrics::gauge!(m::TRAFFIC_DESIRED_READ_NEW_PERCENT).set(f64::from(settings.traffic.read_new_percent));
+        metrics::gauge!(m::TRAFFIC_DESIRED_READ_NEW_PERCENT)
+            .set(f64::from(settings.traffic.read_new_percent));
         metrics::gauge!(m::CONTROLLER_LEADER).set(1.0);
         self.board.update(|s| {
             s.role = "leader".into();

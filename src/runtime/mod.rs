@@ -1,5 +1,5 @@
 //! Runtime plumbing shared by every command: named tasks and shutdown.
 
-pub mod shutdown;
 pub mod reload;
+pub mod shutdown;
 pub mod tasks;

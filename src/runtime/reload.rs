@@ -82,10 +82,8 @@ impl Reloader {
         let text = match std::fs::read_to_string(&self.path) {
             Ok(text) => text,
             Err(e) => {
-                return self.reject(
-                    None,
-                    format!("cannot read config file {}: {e}", self.path.display()),
-                );
+                return self
+                    .reject(None, format!("cannot read config file {}: {e}", self.path.display()));
             }
         };
         if text == self.text && self.rejected_key.is_none() {

@@ -213,7 +213,11 @@ pub async fn save(
 
 /// Records that the leader `me` is alive; false when it is no longer the
 /// leader.
-pub async fn seen(client: &Client, migration: &str, me: &str) -> Result<bool, tokio_postgres::Error> {
+pub async fn seen(
+    client: &Client,
+    migration: &str,
+    me: &str,
+) -> Result<bool, tokio_postgres::Error> {
     let n = client
         .execute(
             "update walshift.controller set leader_seen_at = clock_timestamp() \

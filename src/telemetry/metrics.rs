@@ -245,17 +245,30 @@ fn describe_pipeline() {
 
 /// Registers the controller's metrics' help texts.
 fn describe_controller() {
-    describe_gauge!(TRAFFIC_READ_NEW_PERCENT, "Published share of reads on the new tables, percent.");
+    describe_gauge!(
+        TRAFFIC_READ_NEW_PERCENT,
+        "Published share of reads on the new tables, percent."
+    );
     describe_gauge!(TRAFFIC_DESIRED_READ_NEW_PERCENT, "[traffic] read_new_percent in force.");
     describe_gauge!(TRAFFIC_VERSION, "Version of the last traffic decision published to Redis.");
-    describe_counter!(TRAFFIC_PUBLISHES, Unit::Count, "Traffic decisions written to Redis, by result.");
+    describe_counter!(
+        TRAFFIC_PUBLISHES,
+        Unit::Count,
+        "Traffic decisions written to Redis, by result."
+    );
     describe_counter!(TRAFFIC_ROLLBACKS, Unit::Count, "Rollbacks of read traffic to 0 % new.");
-    describe_gauge!(CONTROLLER_STATE, "1 for the cutover controller's current state, 0 for the others.");
+    describe_gauge!(
+        CONTROLLER_STATE,
+        "1 for the cutover controller's current state, 0 for the others."
+    );
     describe_gauge!(CONTROLLER_LEADER, "1 while this instance holds the controller lease.");
     describe_gauge!(GATE_PASSING, "Per gate: 1 passing, 0 holding or failing.");
     describe_gauge!(REDIS_UP, "1 while Redis answers the controller.");
     describe_counter!(CONFIG_RELOADS, Unit::Count, "Config reloads, by result.");
-    describe_gauge!(CONFIG_RELOAD_REJECTED, "1 while the last config reload was rejected, by offending key.");
+    describe_gauge!(
+        CONFIG_RELOAD_REJECTED,
+        "1 while the last config reload was rejected, by offending key."
+    );
 }
 
 /// Registers the verification metrics' help texts.

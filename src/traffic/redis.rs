@@ -237,7 +237,12 @@ impl TrafficRedis {
     }
 
     /// Stores and publishes `json` as `version`, fenced by the lease `value`.
-    pub async fn publish(&self, lease: &str, version: i64, json: &str) -> Result<Published, RedisError> {
+    pub async fn publish(
+        &self,
+        lease: &str,
+        version: i64,
+        json: &str,
+    ) -> Result<Published, RedisError> {
         let mut conn = self.conn.clone();
         let (code, detail): (i64, String) = Script::new(PUBLISH)
             .key(&self.traffic_key)

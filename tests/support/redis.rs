@@ -51,7 +51,7 @@ pub struct RedisServer {
     addr: String,
     url: String,
     /// Dropped (killing the server) when this is dropped; `None` for external servers.
-    _local: Option<LocalRedis>,
+    local: Option<LocalRedis>,
 }
 
 impl RedisServer {
@@ -69,7 +69,7 @@ impl RedisServer {
                         panic!("{REDIS_URL_ENV} must look like redis://host:port (no credentials)")
                     })
                     .to_owned();
-                RedisServer { addr, url, _local: None }
+                RedisServer { addr, url, local: None }
             }
             Err(_) => RedisServer::start(),
         })
@@ -96,7 +96,7 @@ impl RedisServer {
             if up {
                 eprintln!("test redis on {addr} started in {} ms", started.elapsed().as_millis());
                 let url = format!("redis://{addr}");
-                return RedisServer { addr, url, _local: Some(local) };
+                return RedisServer { addr, url, local: Some(local) };
             }
             let log = fs::read_to_string(local.dir.join("redis.log")).unwrap_or_default();
             if !log.contains("Address already in use") || attempt == START_ATTEMPTS {
@@ -104,6 +104,45 @@ impl RedisServer {
             }
         }
         unreachable!("the last attempt panics")
+    }
+
+    /// Kills a private server (its data is gone: no persistence).
+    pub fn stop(&mut self) {
+        self.local = None;
+    }
+
+    /// Starts a private server again on the same port, empty.
+    pub fn restart(&mut self) {
+        self.local = None;
+        let port: u16 = self.addr.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port");
+        let local = LocalRedis::spawn(port);
+        let addr = self.addr.clone();
+        wait_until_blocking("redis-server to answer PING again", START_TIMEOUT, || {
+            ping(&addr).then_some(())
+        });
+        self.local = Some(local);
+    }
+
+    /// Subscribes to `channel` on a connection of its own; every message
+    /// is recorded with the time it arrived.
+    pub fn subscribe(&self, channel: &str) -> Subscriber {
+        let stream = TcpStream::connect(&self.addr).expect("connect the subscriber");
+        let request = format!("*2\r\n$9\r\nSUBSCRIBE\r\n${}\r\n{channel}\r\n", channel.len());
+        (&stream).write_all(request.as_bytes()).expect("subscribe");
+        let mut reader = BufReader::new(stream.try_clone().expect("clone the stream"));
+        // The subscription's confirmation.
+        read_reply(&mut reader).expect("subscription confirmed");
+        let messages = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = std::sync::Arc::clone(&messages);
+        std::thread::spawn(move || {
+            while let Ok(Reply::Array(Some(parts))) = read_reply(&mut reader) {
+                if let Some(Reply::Bulk(Some(payload))) = parts.get(2) {
+                    let text = String::from_utf8_lossy(payload).into_owned();
+                    sink.lock().unwrap().push((Instant::now(), text));
+                }
+            }
+        });
+        Subscriber { messages, _stream: stream }
     }
 
     /// `redis://host:port`
@@ -129,6 +168,32 @@ impl RedisServer {
         (&stream).write_all(&request).expect("send a redis command");
         read_reply(&mut BufReader::new(stream))
             .unwrap_or_else(|err| panic!("read the reply to {args:?}: {err}"))
+    }
+}
+
+/// Messages received on one channel.
+pub struct Subscriber {
+    messages: std::sync::Arc<std::sync::Mutex<Vec<(Instant, String)>>>,
+    _stream: TcpStream,
+}
+
+impl Subscriber {
+    /// Every message so far, with its arrival time.
+    pub fn messages(&self) -> Vec<(Instant, String)> {
+        self.messages.lock().unwrap().clone()
+    }
+
+    /// Every message so far, parsed as JSON.
+    pub fn decisions(&self) -> Vec<(Instant, serde_json::Value)> {
+        self.messages()
+            .into_iter()
+            .map(|(at, text)| {
+                (
+                    at,
+                    serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON: {text}: {e}")),
+                )
+            })
+            .collect()
     }
 }
 

@@ -303,7 +303,16 @@ impl Controller {
         // Operator commands first: a rollback must not wait for a gate.
         for cmd in stored::pending(&live.client, &self.cfg.migration_name).await? {
             let outcome = match cmd.command.as_str() {
-                "rollback" => live.machine.rollback(&settings.traffic, &cmd.requested_by, now),
+                "rollback" => {
+                    let reason = serde_json::from_str::<serde_json::Value>(&cmd.args)
+                        .ok()
+                        .and_then(|a| a["reason"].as_str().map(str::to_owned));
+                    let who = match reason {
+                        Some(r) => format!("{}: {r}", cmd.requested_by),
+                        None => cmd.requested_by.clone(),
+                    };
+                    live.machine.rollback(&settings.traffic, &who, now)
+                }
                 "resume" => live.machine.resume(&gates, &cmd.requested_by, now),
                 other => machine::CommandOutcome {
                     ok: false,

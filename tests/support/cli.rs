@@ -82,6 +82,11 @@ impl Walshift {
         Walshift { dir, config }
     }
 
+    /// The config file's path.
+    pub fn config_path(&self) -> &std::path::Path {
+        &self.config
+    }
+
     /// The config file's text.
     pub fn config_text(&self) -> String {
         std::fs::read_to_string(&self.config).expect("read the config")

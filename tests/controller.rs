@@ -334,3 +334,282 @@ async fn rollback_on_divergence() {
     wait_decision(&sub, "20 %", WAIT, |d| read_new(d) == 20).await;
     run.stop().await;
 }
+
+/// Reload: a file change and SIGHUP take effect; an invalid file and a
+/// changed mapping are rejected (logged, metric naming the key), the
+/// previous settings stay and the process keeps running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_reload_applies_valid_changes_and_rejects_bad_ones() {
+    let db = TestDb::new(PgCluster::shared()).await;
+    let redis = RedisServer::shared();
+    let (ws, channel) =
+        migration(&db, redis, 50, "read_new_percent = 0\nstages = [10, 50]", "min_soak_seconds = 0").await;
+    let sub = redis.subscribe(&channel);
+    let mut run = ws.spawn_run();
+    wait_decision(&sub, "verified", WAIT, |d| d["state"] == "verified").await;
+    let original = ws.config_text();
+    // A file change.
+    std::fs::write(ws.config_path(), original.replace("read_new_percent = 0", "read_new_percent = 10")).unwrap();
+    wait_decision(&sub, "10 % after the file changed", WAIT, |d| read_new(d) == 10).await;
+    let c = db.client().await;
+    let addr = instance_addr(&c).await;
+    // Invalid: rejected, metric names the key, nothing moves, still running.
+    std::fs::write(ws.config_path(), original.replace("read_new_percent = 0", "read_new_percent = 120")).unwrap();
+    let metric = "walshift_config_reload_rejected{key=\"traffic.read_new_percent\"} 1";
+    wait_until("the rejection metric", WAIT, async || http_get(&addr, "/metrics").await.1.contains(metric).then_some(())).await;
+    let status = controller_status(&addr).await;
+    assert!(status["reload"]["last_error"].as_str().unwrap().contains("traffic.read_new_percent"), "{status}");
+    assert_eq!(status["desired_read_new"], 10);
+    assert!(run.stderr().contains("config reload rejected"), "{}", run.stderr());
+    // A changed mapping: rejected, saying to restart.
+    let remapped = original
+        .replace("read_new_percent = 0", "read_new_percent = 50")
+        .replace("target = \"shadow.t\"", "target = \"shadow.other\"");
+    std::fs::write(ws.config_path(), remapped).unwrap();
+    wait_until("the mapping change to be rejected", WAIT, async || {
+        run.stderr().contains("restart walshift run to apply them").then_some(())
+    })
+    .await;
+    assert!(run.stderr().contains("tables changed"), "{}", run.stderr());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(sub.decisions().iter().all(|(_, d)| read_new(d) <= 10), "moved on a rejected file");
+    assert!(!run.has_exited());
+    // Back to a valid file (clears the rejection), then a change only SIGHUP
+    // can see: same size, modification time put back.
+    let ten = original.replace("read_new_percent = 0", "read_new_percent = 10");
+    std::fs::write(ws.config_path(), &ten).unwrap();
+    wait_until("the rejection to clear", WAIT, async || {
+        http_get(&addr, "/metrics").await.1.contains("walshift_config_reload_rejected{key=\"tables\"} 0").then_some(())
+    })
+    .await;
+    let stamp = std::fs::metadata(ws.config_path()).unwrap().modified().unwrap();
+    std::fs::write(ws.config_path(), ten.replace("read_new_percent = 10", "read_new_percent = 50")).unwrap();
+    std::fs::File::options().write(true).open(ws.config_path()).unwrap().set_modified(stamp).unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(sub.decisions().iter().all(|(_, d)| read_new(d) <= 10), "the poll saw a same-stamp change");
+    let pid = run.pid().unwrap();
+    std::process::Command::new("kill").args(["-HUP", &pid.to_string()]).status().unwrap();
+    wait_decision(&sub, "50 % after SIGHUP", WAIT, |d| read_new(d) == 50).await;
+    assert!(!run.has_exited());
+    run.stop().await;
+}
+
+/// Redis stopped mid-run: nothing moves toward new and readiness says why;
+/// restarted empty, the current decision is republished with a higher
+/// version within 5 s, and the shift goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_holds_then_republishes() {
+    let db = TestDb::new(PgCluster::shared()).await;
+    let mut redis = RedisServer::start();
+    let (ws, channel) =
+        migration(&db, &redis, 50, "read_new_percent = 10\nstages = [10, 50]", "min_soak_seconds = 0").await;
+    let sub = redis.subscribe(&channel);
+    let run = ws.spawn_run();
+    let (_, at_ten) = wait_decision(&sub, "10 %", WAIT, |d| read_new(d) == 10).await;
+    let before = at_ten["version"].as_i64().unwrap();
+    let c = db.client().await;
+    let addr = instance_addr(&c).await;
+    redis.stop();
+    // Ask for more while Redis is down: nothing moves.
+    std::fs::write(ws.config_path(), ws.config_text().replace("read_new_percent = 10", "read_new_percent = 50")).unwrap();
+    wait_until("readiness to name Redis", WAIT, async || {
+        let (code, body) = http_get(&addr, "/readyz").await;
+        (code == 503 && body.contains("redis unreachable")).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let stored: i16 = c.query_one("select read_new from walshift.controller", &[]).await.unwrap().get(0);
+    assert_eq!(stored, 10, "moved toward new while Redis was down");
+    let status = controller_status(&addr).await;
+    assert_eq!(status["read_new"], 10);
+    assert_eq!(status["redis"]["reachable"], false);
+    // Back, empty.
+    redis.restart();
+    let restarted = Instant::now();
+    let sub = redis.subscribe(&channel);
+    let republished = wait_until("the decision to be republished", Duration::from_secs(5), async || {
+        match redis.command(&["GET", &channel]) {
+            crate::support::redis::Reply::Bulk(Some(v)) => Some(serde_json::from_slice::<serde_json::Value>(&v).unwrap()),
+            _ => None,
+        }
+    })
+    .await;
+    assert!(restarted.elapsed() <= Duration::from_secs(5));
+    assert!(republished["version"].as_i64().unwrap() > before, "{republished}");
+    assert!(read_new(&republished) == 10 || read_new(&republished) == 50, "{republished}");
+    wait_decision(&sub, "50 % once Redis is back", WAIT, |d| read_new(d) == 50).await;
+    let history = ws.run_ok(&["history"]).await;
+    assert!(history.contains("republished: the key was missing"), "{history}");
+    run.stop().await;
+}
+
+/// Two instances: one leads, the other waits as a standby saying who holds
+/// the lease; kill -9 of the leader → the standby takes over within the
+/// lease TTL + a few seconds, resuming the stored decision; versions seen
+/// by a subscriber only grow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standby_takes_over_when_the_leader_dies() {
+    let db = TestDb::new(PgCluster::shared()).await;
+    let redis = RedisServer::shared();
+    let (ws, channel) =
+        migration(&db, redis, 50, "read_new_percent = 50\nstages = [10, 50]", "min_soak_seconds = 0").await;
+    let sub = redis.subscribe(&channel);
+    let leader = ws.spawn_run();
+    wait_decision(&sub, "50 %", WAIT, |d| read_new(d) == 50).await;
+    let standby = ws.spawn_run();
+    wait_until("the standby line", WAIT, async || {
+        let err = standby.stderr();
+        (err.contains("standby:") && err.contains("holds the lease")).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let err = standby.stderr();
+    assert!(!err.contains("ERROR") && !err.contains("starting the pipeline"), "the standby did more than wait:\n{err}");
+    let last_before = sub.decisions().last().unwrap().1["version"].as_i64().unwrap();
+    let killed = Instant::now();
+    leader.kill9().await;
+    let (at, taken) = wait_decision(&sub, "the standby's first decision", WAIT, |d| {
+        d["version"].as_i64().unwrap() > last_before
+    })
+    .await;
+    let took = at.duration_since(killed);
+    assert!(took <= Duration::from_secs(3 + 4), "takeover took {took:?}");
+    assert_eq!(read_new(&taken), 50, "the new leader did not resume the decision: {taken}");
+    assert_eq!(taken["state"], "shifting");
+    // The new leader streams.
+    let c = db.client().await;
+    c.execute("insert into t values (100001, 'after takeover')", &[]).await.unwrap();
+    wait_until("the row to arrive through the new leader", WAIT, async || {
+        c.query_opt("select 1 from shadow.t where id = 100001", &[]).await.unwrap()
+    })
+    .await;
+    assert_versions_increase(&sub);
+    standby.stop().await;
+}
+
+/// kill -9 in each controller state: the restarted process resumes the same
+/// state and weights (no jump toward new, no forgotten rollback or pause).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_in_each_state_resumes_it() {
+    let db = TestDb::new(PgCluster::shared()).await;
+    let redis = RedisServer::shared();
+    let (ws, channel) = migration(
+        &db,
+        redis,
+        50,
+        "read_new_percent = 0\nstages = [10, 50, 100]\non_violation = \"hold\"",
+        "min_soak_seconds = 30",
+    )
+    .await;
+    let sub = redis.subscribe(&channel);
+    let c = db.client().await;
+    let stored = async || -> (String, i16) {
+        let r = c.query_one("select state, read_new from walshift.controller", &[]).await.unwrap();
+        (r.get(0), r.get(1))
+    };
+    // Restarts after kill -9 and checks the new leader's first decision.
+    let restart_and_check = async |run: RunProcess, state: &str, percent: i64| -> RunProcess {
+        let last = sub.decisions().last().unwrap().1["version"].as_i64().unwrap();
+        run.kill9().await;
+        let run = ws.spawn_run();
+        let (_, first) = wait_decision(&sub, "the restarted leader's decision", WAIT, |d| {
+            d["version"].as_i64().unwrap() > last
+        })
+        .await;
+        assert_eq!((first["state"].as_str().unwrap(), read_new(&first)), (state, percent), "{first}");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let newest = sub.decisions().last().unwrap().1.clone();
+        assert_eq!((newest["state"].as_str().unwrap(), read_new(&newest)), (state, percent), "moved after restart: {newest}");
+        run
+    };
+    let set_percent = |p: u32| {
+        let text = ws.config_text();
+        let line = text.lines().find(|l| l.starts_with("read_new_percent")).unwrap().to_owned();
+        std::fs::write(ws.config_path(), text.replace(&line, &format!("read_new_percent = {p}"))).unwrap();
+    };
+    let run = ws.spawn_run();
+    wait_decision(&sub, "verified", WAIT, |d| d["state"] == "verified").await;
+    let run = restart_and_check(run, "verified", 0).await;
+    // Shifting at 10 % with a long soak ahead: no jump to 50 after restart.
+    set_percent(100);
+    wait_decision(&sub, "10 %", WAIT, |d| read_new(d) == 10).await;
+    let run = restart_and_check(run, "shifting", 10).await;
+    assert_eq!(stored().await, ("shifting".into(), 10));
+    // Paused (hold) while verification finds a difference (a lock on the
+    // shadow table would also block the restarted process's start).
+    c.execute("update shadow.t set v = 'corrupt' where id = 7", &[]).await.unwrap();
+    wait_decision(&sub, "paused", WAIT, |d| d["state"] == "paused").await;
+    let run = restart_and_check(run, "paused", 10).await;
+    c.execute("update shadow.t set v = 'v7' where id = 7", &[]).await.unwrap();
+    wait_decision(&sub, "shifting again once the gates pass", WAIT, |d| {
+        d["state"] == "shifting" && d["reason"].as_str().unwrap_or("").contains("gates passing again")
+    })
+    .await;
+    // Rolled back by hand.
+    ws.run_ok(&["rollback"]).await;
+    wait_decision(&sub, "rolled back", WAIT, |d| d["state"] == "rolled_back").await;
+    let run = restart_and_check(run, "rolled_back", 0).await;
+    assert_eq!(stored().await, ("rolled_back".into(), 0));
+    assert_versions_increase(&sub);
+    run.stop().await;
+}
+
+/// `walshift.wait_for_lsn` returns true only once the row is visible in the
+/// shadow table, false on timeout while the applier is blocked;
+/// `walshift.applied_lsn` advances on a quiet system (heartbeats).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_for_lsn_gives_read_your_writes() {
+    let db = TestDb::new(PgCluster::shared()).await;
+    db.execute(
+        "create table t (id bigint primary key, v text);
+         create schema shadow; create table shadow.t (id bigint primary key, v text);",
+    )
+    .await;
+    let ws = Walshift::with_tables(
+        &db,
+        None,
+        "heartbeat_interval_ms = 200\n[[tables]]\nsource = \"public.t\"\ntarget = \"shadow.t\"\n",
+        "",
+    );
+    ws.run_ok(&["setup"]).await;
+    let run = ws.spawn_run();
+    let c = db.client().await;
+    instance_addr(&c).await;
+    for id in 1..=5_i64 {
+        c.execute("insert into t values ($1, 'w')", &[&id]).await.unwrap();
+        let lsn: tokio_postgres::types::PgLsn =
+            c.query_one("select pg_current_wal_insert_lsn()", &[]).await.unwrap().get(0);
+        let row = c
+            .query_one(
+                "select walshift.wait_for_lsn('test', $1, 10000), \
+                 exists (select 1 from shadow.t where id = $2)",
+                &[&lsn, &id],
+            )
+            .await
+            .unwrap();
+        assert!(row.get::<_, bool>(0), "wait_for_lsn timed out");
+        // The wait returned in its own statement; a new statement sees the row.
+        let visible: bool =
+            c.query_one("select exists (select 1 from shadow.t where id = $1)", &[&id]).await.unwrap().get(0);
+        assert!(visible, "wait_for_lsn returned true before row {id} was visible");
+    }
+    // Quiet system: the applied position still passes the current position.
+    let lsn: tokio_postgres::types::PgLsn = c.query_one("select pg_current_wal_insert_lsn()", &[]).await.unwrap().get(0);
+    let ok: bool = c.query_one("select walshift.wait_for_lsn('test', $1, 5000)", &[&lsn]).await.unwrap().get(0);
+    assert!(ok, "a quiet system made the wait time out");
+    // Blocked applier: false after the timeout, and the row is not there.
+    let blocker = block_applier(&db).await;
+    c.execute("insert into t values (99, 'blocked')", &[]).await.unwrap();
+    let lsn: tokio_postgres::types::PgLsn = c.query_one("select pg_current_wal_insert_lsn()", &[]).await.unwrap().get(0);
+    let started = Instant::now();
+    let ok: bool = c.query_one("select walshift.wait_for_lsn('test', $1, 700)", &[&lsn]).await.unwrap().get(0);
+    assert!(!ok, "wait_for_lsn returned true while the applier was blocked");
+    assert!(started.elapsed() >= Duration::from_millis(650));
+    let applied: Option<tokio_postgres::types::PgLsn> =
+        c.query_one("select walshift.applied_lsn('test')", &[]).await.unwrap().get(0);
+    assert!(applied.is_some_and(|a| a < lsn));
+    blocker.batch_execute("rollback").await.unwrap();
+    let ok: bool = c.query_one("select walshift.wait_for_lsn('test', $1, 10000)", &[&lsn]).await.unwrap().get(0);
+    assert!(ok);
+    run.stop().await;
+}

@@ -245,8 +245,14 @@ async fn bad_traffic_input_exits_2() {
 async fn rollback_on_lag_stays_until_resumed() {
     let db = TestDb::new(PgCluster::shared()).await;
     let redis = RedisServer::shared();
-    let (ws, channel) =
-        migration(&db, redis, 100, "read_new_percent = 50\nstages = [50]", "max_lag_seconds = 1.0\nmin_soak_seconds = 0").await;
+    let (ws, channel) = migration(
+        &db,
+        redis,
+        100,
+        "read_new_percent = 50\nstages = [50]",
+        "max_lag_seconds = 1.0\nmin_soak_seconds = 0",
+    )
+    .await;
     let sub = redis.subscribe(&channel);
     let run = ws.spawn_run();
     wait_decision(&sub, "50 % on new", WAIT, |d| read_new(d) == 50).await;
@@ -259,16 +265,22 @@ async fn rollback_on_lag_stays_until_resumed() {
         tokio::spawn(async move {
             let c = crate::support::pg::connect(&url).await.unwrap();
             for i in 0..200 {
-                c.execute("insert into t values ($1, 'lag')", &[&(10_000 + i as i64)]).await.unwrap();
+                c.execute("insert into t values ($1, 'lag')", &[&(10_000 + i as i64)])
+                    .await
+                    .unwrap();
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         })
     };
-    let (at, rolled) = wait_decision(&sub, "a rollback", WAIT, |d| d["state"] == "rolled_back").await;
+    let (at, rolled) =
+        wait_decision(&sub, "a rollback", WAIT, |d| d["state"] == "rolled_back").await;
     // Observable once the oldest unapplied commit is 1 s old (>= locked + 1 s).
     let bound = Duration::from_millis(EVAL_MS * u64::from(THRESHOLD)) + Duration::from_secs(1);
     let after = at.duration_since(locked);
-    assert!(after <= Duration::from_secs(1) + bound + Duration::from_millis(500), "rollback {after:?} after the lock");
+    assert!(
+        after <= Duration::from_secs(1) + bound + Duration::from_millis(500),
+        "rollback {after:?} after the lock"
+    );
     assert_eq!(read_new(&rolled), 0);
     let reason = rolled["reason"].as_str().unwrap();
     assert!(reason.contains("lag_seconds") && reason.contains("rolled back from 50 %"), "{reason}");
@@ -299,7 +311,10 @@ async fn rollback_on_lag_stays_until_resumed() {
     expect_exit_2(&ws, &["resume"], &["nothing to resume"]).await;
     assert_versions_increase(&sub);
     let history = ws.run_ok(&["history"]).await;
-    assert!(history.contains("lag_seconds") && history.contains("re-armed by the operator"), "{history}");
+    assert!(
+        history.contains("lag_seconds") && history.contains("re-armed by the operator"),
+        "{history}"
+    );
     run.stop().await;
 }
 
@@ -310,13 +325,15 @@ async fn rollback_on_divergence() {
     let db = TestDb::new(PgCluster::shared()).await;
     let redis = RedisServer::shared();
     let (ws, channel) =
-        migration(&db, redis, 100, "read_new_percent = 10\nstages = [10]", "min_soak_seconds = 0").await;
+        migration(&db, redis, 100, "read_new_percent = 10\nstages = [10]", "min_soak_seconds = 0")
+            .await;
     let sub = redis.subscribe(&channel);
     let run = ws.spawn_run();
     wait_decision(&sub, "10 % on new", WAIT, |d| read_new(d) == 10).await;
     let c = db.client().await;
     c.execute("update shadow.t set v = 'corrupt' where id = 7", &[]).await.unwrap();
-    let (_, rolled) = wait_decision(&sub, "a rollback", WAIT, |d| d["state"] == "rolled_back").await;
+    let (_, rolled) =
+        wait_decision(&sub, "a rollback", WAIT, |d| d["state"] == "rolled_back").await;
     let reason = rolled["reason"].as_str().unwrap();
     assert!(reason.contains("verification") && reason.contains("difference"), "{reason}");
     // Stays rolled back (the difference is still there, and even once fixed
@@ -342,23 +359,43 @@ async fn rollback_on_divergence() {
 async fn config_reload_applies_valid_changes_and_rejects_bad_ones() {
     let db = TestDb::new(PgCluster::shared()).await;
     let redis = RedisServer::shared();
-    let (ws, channel) =
-        migration(&db, redis, 50, "read_new_percent = 0\nstages = [10, 50]", "min_soak_seconds = 0").await;
+    let (ws, channel) = migration(
+        &db,
+        redis,
+        50,
+        "read_new_percent = 0\nstages = [10, 50]",
+        "min_soak_seconds = 0",
+    )
+    .await;
     let sub = redis.subscribe(&channel);
     let mut run = ws.spawn_run();
     wait_decision(&sub, "verified", WAIT, |d| d["state"] == "verified").await;
     let original = ws.config_text();
     // A file change.
-    std::fs::write(ws.config_path(), original.replace("read_new_percent = 0", "read_new_percent = 10")).unwrap();
+    std::fs::write(
+        ws.config_path(),
+        original.replace("read_new_percent = 0", "read_new_percent = 10"),
+    )
+    .unwrap();
     wait_decision(&sub, "10 % after the file changed", WAIT, |d| read_new(d) == 10).await;
     let c = db.client().await;
     let addr = instance_addr(&c).await;
     // Invalid: rejected, metric names the key, nothing moves, still running.
-    std::fs::write(ws.config_path(), original.replace("read_new_percent = 0", "read_new_percent = 120")).unwrap();
+    std::fs::write(
+        ws.config_path(),
+        original.replace("read_new_percent = 0", "read_new_percent = 120"),
+    )
+    .unwrap();
     let metric = "walshift_config_reload_rejected{key=\"traffic.read_new_percent\"} 1";
-    wait_until("the rejection metric", WAIT, async || http_get(&addr, "/metrics").await.1.contains(metric).then_some(())).await;
+    wait_until("the rejection metric", WAIT, async || {
+        http_get(&addr, "/metrics").await.1.contains(metric).then_some(())
+    })
+    .await;
     let status = controller_status(&addr).await;
-    assert!(status["reload"]["last_error"].as_str().unwrap().contains("traffic.read_new_percent"), "{status}");
+    assert!(
+        status["reload"]["last_error"].as_str().unwrap().contains("traffic.read_new_percent"),
+        "{status}"
+    );
     assert_eq!(status["desired_read_new"], 10);
     assert!(run.stderr().contains("config reload rejected"), "{}", run.stderr());
     // A changed mapping: rejected, saying to restart.
@@ -379,14 +416,27 @@ async fn config_reload_applies_valid_changes_and_rejects_bad_ones() {
     let ten = original.replace("read_new_percent = 0", "read_new_percent = 10");
     std::fs::write(ws.config_path(), &ten).unwrap();
     wait_until("the rejection to clear", WAIT, async || {
-        http_get(&addr, "/metrics").await.1.contains("walshift_config_reload_rejected{key=\"tables\"} 0").then_some(())
+        http_get(&addr, "/metrics")
+            .await
+            .1
+            .contains("walshift_config_reload_rejected{key=\"tables\"} 0")
+            .then_some(())
     })
     .await;
     let stamp = std::fs::metadata(ws.config_path()).unwrap().modified().unwrap();
-    std::fs::write(ws.config_path(), ten.replace("read_new_percent = 10", "read_new_percent = 50")).unwrap();
-    std::fs::File::options().write(true).open(ws.config_path()).unwrap().set_modified(stamp).unwrap();
+    std::fs::write(ws.config_path(), ten.replace("read_new_percent = 10", "read_new_percent = 50"))
+        .unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(ws.config_path())
+        .unwrap()
+        .set_modified(stamp)
+        .unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(sub.decisions().iter().all(|(_, d)| read_new(d) <= 10), "the poll saw a same-stamp change");
+    assert!(
+        sub.decisions().iter().all(|(_, d)| read_new(d) <= 10),
+        "the poll saw a same-stamp change"
+    );
     let pid = run.pid().unwrap();
     std::process::Command::new("kill").args(["-HUP", &pid.to_string()]).status().unwrap();
     wait_decision(&sub, "50 % after SIGHUP", WAIT, |d| read_new(d) == 50).await;
@@ -401,8 +451,14 @@ async fn config_reload_applies_valid_changes_and_rejects_bad_ones() {
 async fn redis_outage_holds_then_republishes() {
     let db = TestDb::new(PgCluster::shared()).await;
     let mut redis = RedisServer::start();
-    let (ws, channel) =
-        migration(&db, &redis, 50, "read_new_percent = 10\nstages = [10, 50]", "min_soak_seconds = 0").await;
+    let (ws, channel) = migration(
+        &db,
+        &redis,
+        50,
+        "read_new_percent = 10\nstages = [10, 50]",
+        "min_soak_seconds = 0",
+    )
+    .await;
     let sub = redis.subscribe(&channel);
     let run = ws.spawn_run();
     let (_, at_ten) = wait_decision(&sub, "10 %", WAIT, |d| read_new(d) == 10).await;
@@ -411,14 +467,19 @@ async fn redis_outage_holds_then_republishes() {
     let addr = instance_addr(&c).await;
     redis.stop();
     // Ask for more while Redis is down: nothing moves.
-    std::fs::write(ws.config_path(), ws.config_text().replace("read_new_percent = 10", "read_new_percent = 50")).unwrap();
+    std::fs::write(
+        ws.config_path(),
+        ws.config_text().replace("read_new_percent = 10", "read_new_percent = 50"),
+    )
+    .unwrap();
     wait_until("readiness to name Redis", WAIT, async || {
         let (code, body) = http_get(&addr, "/readyz").await;
         (code == 503 && body.contains("redis unreachable")).then_some(())
     })
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let stored: i16 = c.query_one("select read_new from walshift.controller", &[]).await.unwrap().get(0);
+    let stored: i16 =
+        c.query_one("select read_new from walshift.controller", &[]).await.unwrap().get(0);
     assert_eq!(stored, 10, "moved toward new while Redis was down");
     let status = controller_status(&addr).await;
     assert_eq!(status["read_new"], 10);
@@ -427,13 +488,16 @@ async fn redis_outage_holds_then_republishes() {
     redis.restart();
     let restarted = Instant::now();
     let sub = redis.subscribe(&channel);
-    let republished = wait_until("the decision to be republished", Duration::from_secs(5), async || {
-        match redis.command(&["GET", &channel]) {
-            crate::support::redis::Reply::Bulk(Some(v)) => Some(serde_json::from_slice::<serde_json::Value>(&v).unwrap()),
+    let republished =
+        wait_until("the decision to be republished", Duration::from_secs(5), async || match redis
+            .command(&["GET", &channel])
+        {
+            crate::support::redis::Reply::Bulk(Some(v)) => {
+                Some(serde_json::from_slice::<serde_json::Value>(&v).unwrap())
+            }
             _ => None,
-        }
-    })
-    .await;
+        })
+        .await;
     assert!(restarted.elapsed() <= Duration::from_secs(5));
     assert!(republished["version"].as_i64().unwrap() > before, "{republished}");
     assert!(read_new(&republished) == 10 || read_new(&republished) == 50, "{republished}");
@@ -451,8 +515,14 @@ async fn redis_outage_holds_then_republishes() {
 async fn standby_takes_over_when_the_leader_dies() {
     let db = TestDb::new(PgCluster::shared()).await;
     let redis = RedisServer::shared();
-    let (ws, channel) =
-        migration(&db, redis, 50, "read_new_percent = 50\nstages = [10, 50]", "min_soak_seconds = 0").await;
+    let (ws, channel) = migration(
+        &db,
+        redis,
+        50,
+        "read_new_percent = 50\nstages = [10, 50]",
+        "min_soak_seconds = 0",
+    )
+    .await;
     let sub = redis.subscribe(&channel);
     let leader = ws.spawn_run();
     wait_decision(&sub, "50 %", WAIT, |d| read_new(d) == 50).await;
@@ -464,7 +534,10 @@ async fn standby_takes_over_when_the_leader_dies() {
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let err = standby.stderr();
-    assert!(!err.contains("ERROR") && !err.contains("starting the pipeline"), "the standby did more than wait:\n{err}");
+    assert!(
+        !err.contains("ERROR") && !err.contains("starting the pipeline"),
+        "the standby did more than wait:\n{err}"
+    );
     let last_before = sub.decisions().last().unwrap().1["version"].as_i64().unwrap();
     let killed = Instant::now();
     leader.kill9().await;
@@ -516,16 +589,25 @@ async fn kill9_in_each_state_resumes_it() {
             d["version"].as_i64().unwrap() > last
         })
         .await;
-        assert_eq!((first["state"].as_str().unwrap(), read_new(&first)), (state, percent), "{first}");
+        assert_eq!(
+            (first["state"].as_str().unwrap(), read_new(&first)),
+            (state, percent),
+            "{first}"
+        );
         tokio::time::sleep(Duration::from_secs(2)).await;
         let newest = sub.decisions().last().unwrap().1.clone();
-        assert_eq!((newest["state"].as_str().unwrap(), read_new(&newest)), (state, percent), "moved after restart: {newest}");
+        assert_eq!(
+            (newest["state"].as_str().unwrap(), read_new(&newest)),
+            (state, percent),
+            "moved after restart: {newest}"
+        );
         run
     };
     let set_percent = |p: u32| {
         let text = ws.config_text();
         let line = text.lines().find(|l| l.starts_with("read_new_percent")).unwrap().to_owned();
-        std::fs::write(ws.config_path(), text.replace(&line, &format!("read_new_percent = {p}"))).unwrap();
+        std::fs::write(ws.config_path(), text.replace(&line, &format!("read_new_percent = {p}")))
+            .unwrap();
     };
     let run = ws.spawn_run();
     wait_decision(&sub, "verified", WAIT, |d| d["state"] == "verified").await;
@@ -542,7 +624,8 @@ async fn kill9_in_each_state_resumes_it() {
     let run = restart_and_check(run, "paused", 10).await;
     c.execute("update shadow.t set v = 'v7' where id = 7", &[]).await.unwrap();
     wait_decision(&sub, "shifting again once the gates pass", WAIT, |d| {
-        d["state"] == "shifting" && d["reason"].as_str().unwrap_or("").contains("gates passing again")
+        d["state"] == "shifting"
+            && d["reason"].as_str().unwrap_or("").contains("gates passing again")
     })
     .await;
     // Rolled back by hand.
@@ -589,27 +672,41 @@ async fn wait_for_lsn_gives_read_your_writes() {
             .unwrap();
         assert!(row.get::<_, bool>(0), "wait_for_lsn timed out");
         // The wait returned in its own statement; a new statement sees the row.
-        let visible: bool =
-            c.query_one("select exists (select 1 from shadow.t where id = $1)", &[&id]).await.unwrap().get(0);
+        let visible: bool = c
+            .query_one("select exists (select 1 from shadow.t where id = $1)", &[&id])
+            .await
+            .unwrap()
+            .get(0);
         assert!(visible, "wait_for_lsn returned true before row {id} was visible");
     }
     // Quiet system: the applied position still passes the current position.
-    let lsn: tokio_postgres::types::PgLsn = c.query_one("select pg_current_wal_insert_lsn()", &[]).await.unwrap().get(0);
-    let ok: bool = c.query_one("select walshift.wait_for_lsn('test', $1, 5000)", &[&lsn]).await.unwrap().get(0);
+    let lsn: tokio_postgres::types::PgLsn =
+        c.query_one("select pg_current_wal_insert_lsn()", &[]).await.unwrap().get(0);
+    let ok: bool = c
+        .query_one("select walshift.wait_for_lsn('test', $1, 5000)", &[&lsn])
+        .await
+        .unwrap()
+        .get(0);
     assert!(ok, "a quiet system made the wait time out");
     // Blocked applier: false after the timeout, and the row is not there.
     let blocker = block_applier(&db).await;
     c.execute("insert into t values (99, 'blocked')", &[]).await.unwrap();
-    let lsn: tokio_postgres::types::PgLsn = c.query_one("select pg_current_wal_insert_lsn()", &[]).await.unwrap().get(0);
+    let lsn: tokio_postgres::types::PgLsn =
+        c.query_one("select pg_current_wal_insert_lsn()", &[]).await.unwrap().get(0);
     let started = Instant::now();
-    let ok: bool = c.query_one("select walshift.wait_for_lsn('test', $1, 700)", &[&lsn]).await.unwrap().get(0);
+    let ok: bool =
+        c.query_one("select walshift.wait_for_lsn('test', $1, 700)", &[&lsn]).await.unwrap().get(0);
     assert!(!ok, "wait_for_lsn returned true while the applier was blocked");
     assert!(started.elapsed() >= Duration::from_millis(650));
     let applied: Option<tokio_postgres::types::PgLsn> =
         c.query_one("select walshift.applied_lsn('test')", &[]).await.unwrap().get(0);
     assert!(applied.is_some_and(|a| a < lsn));
     blocker.batch_execute("rollback").await.unwrap();
-    let ok: bool = c.query_one("select walshift.wait_for_lsn('test', $1, 10000)", &[&lsn]).await.unwrap().get(0);
+    let ok: bool = c
+        .query_one("select walshift.wait_for_lsn('test', $1, 10000)", &[&lsn])
+        .await
+        .unwrap()
+        .get(0);
     assert!(ok);
     run.stop().await;
 }

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use crate::backfill::WAIT;
 use crate::support::cli::Walshift;
 use crate::support::pg::{PgCluster, TestDb};
+use crate::support::redis::{RedisServer, key_prefix};
 use crate::support::wait::wait_until;
 
 /// Where Debian's `chromium` package puts the browser.
@@ -212,7 +213,13 @@ async fn the_status_page_renders_the_live_figures_in_a_browser() {
         &db,
         None,
         "[[tables]]\nsource = \"public.accounts\"\ntarget = \"shadow.accounts\"\n",
-        "[verify]\ninterval_seconds = 1\n",
+        &format!(
+            "[verify]\ninterval_seconds = 1\n\n[redis]\nurl = \"{}\"\nkey_prefix = \"{}\"\n\n\
+             [traffic]\nread_new_percent = 10\nstages = [10]\n\n[cutover]\nevaluate_interval_ms = 200\n\
+             min_soak_seconds = 0\n",
+            RedisServer::shared().url(),
+            key_prefix()
+        ),
     );
     ws.run_ok(&["setup"]).await;
     let run = ws.spawn_run();
@@ -263,6 +270,20 @@ async fn the_status_page_renders_the_live_figures_in_a_browser() {
         }
     };
     assert!(!dom.contains("loading…"), "the page still shows its loading state:\n{dom}");
+    // The controller's section: the split it published and its gates.
+    let dom = loop {
+        match shows_cutover(&dom_now(&url).await) {
+            Ok(dom) => break dom,
+            Err(why) if started.elapsed() < WAIT * 2 => {
+                eprintln!("status page: {why}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(why) => {
+                panic!("the page does not show the cutover: {why}\nrun log:\n{}", run.stderr())
+            }
+        }
+    };
+    let _ = dom;
 
     // The screenshot, for people.
     let png = screenshot_path();
@@ -284,6 +305,36 @@ async fn the_status_page_renders_the_live_figures_in_a_browser() {
 
     let (code, log) = run.stop().await;
     assert_eq!(code, Some(0), "{log}");
+}
+
+async fn dom_now(url: &str) -> String {
+    headless(url, &["--dump-dom"]).await
+}
+
+/// The cutover section is visible, with the split (10 % on new), every gate
+/// and a recent decision; returns the DOM.
+fn shows_cutover(dom: &str) -> Result<String, String> {
+    let section = element(dom, "id=\"cutover-section\"", "section").ok_or("no cutover section")?;
+    if open_tag(section).contains("hidden") {
+        return Err("the cutover section is hidden".into());
+    }
+    let traffic = text(&by_id(dom, "traffic", "dl")?);
+    for needle in ["state", "shifting", "reads on new", "10 %", "reads on old", "90 %"] {
+        if !traffic.contains(needle) {
+            return Err(format!("traffic lacks {needle:?}: {traffic}"));
+        }
+    }
+    let gates = text(&by_id(dom, "gates", "table")?);
+    for gate in ["backfill", "lag_seconds", "lag_bytes", "verification", "redis", "soak", "pass"] {
+        if !gates.contains(gate) {
+            return Err(format!("gates lack {gate:?}: {gates}"));
+        }
+    }
+    let decisions = text(&by_id(dom, "decisions", "table")?);
+    if !decisions.contains("advanced to 10 %") {
+        return Err(format!("recent decisions lack the shift: {decisions}"));
+    }
+    Ok(dom.to_owned())
 }
 
 #[test]

@@ -300,6 +300,7 @@ impl Controller {
         };
         let gates = gates::evaluate(&signals, &settings.cutover);
 
+        let published_before = live.published;
         // Operator commands first: a rollback must not wait for a gate.
         for cmd in stored::pending(&live.client, &self.cfg.migration_name).await? {
             let outcome = match cmd.command.as_str() {
@@ -340,8 +341,10 @@ impl Controller {
             }
         }
 
-        // Republish when Redis lost the decision or holds an older one.
-        if live.redis_ok && lease.held() {
+        // Republish when Redis lost the decision or holds an older one (as
+        // read at the start of this evaluation: not if a decision of this
+        // evaluation was published since).
+        if live.redis_ok && lease.held() && live.published == published_before {
             if let Some(in_redis) = redis_version {
                 let why = match in_redis {
                     None => Some("the key was missing (Redis restarted or the key was deleted)"),

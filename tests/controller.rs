@@ -110,6 +110,7 @@ async fn shifts_stage_by_stage_after_the_gates_pass() {
     )
     .await;
     let sub = redis.subscribe(&channel);
+    let watch = ws.spawn_json_lines(&["traffic", "watch"]);
     let run = ws.spawn_run();
     let (_, first) = wait_decision(&sub, "a first decision", WAIT, |_| true).await;
     assert_eq!(read_new(&first), 0, "nothing on new before the gates pass: {first}");
@@ -144,6 +145,15 @@ async fn shifts_stage_by_stage_after_the_gates_pass() {
     let crate::support::redis::Reply::Bulk(Some(stored)) = stored else { panic!("{stored:?}") };
     let stored: serde_json::Value = serde_json::from_slice(&stored).unwrap();
     assert_eq!(stored["version"], decisions.last().unwrap().1["version"]);
+
+    // `traffic watch` printed the same decisions, in order.
+    let (_, watched, _) = watch.stop().await;
+    let watched: Vec<i64> = watched.iter().map(read_new).collect();
+    let published: Vec<i64> = decisions.iter().map(|(_, d)| read_new(d)).collect();
+    assert!(
+        watched.ends_with(&[100]) && watched.contains(&10) && watched.contains(&50),
+        "{watched:?} vs {published:?}"
+    );
 
     let history = ws.run_ok(&["history"]).await;
     for needle in ["advanced to 10 %", "advanced to 50 %", "advanced to 100 %", "verified"] {
@@ -262,7 +272,7 @@ async fn rollback_on_lag_stays_until_resumed() {
     let locked = Instant::now();
     let writer = {
         let url = db.url();
-        tokio::spawn(async move {
+        walshift::runtime::tasks::spawn_named("test-writer", async move {
             let c = crate::support::pg::connect(&url).await.unwrap();
             for i in 0..200 {
                 c.execute("insert into t values ($1, 'lag')", &[&(10_000 + i as i64)])

@@ -127,7 +127,13 @@ impl Walshift {
     pub fn spawn_tail(&self, args: &[&str]) -> TailProcess {
         let mut full = vec!["tail"];
         full.extend_from_slice(args);
-        let mut cmd = self.command(&full);
+        self.spawn_json_lines(&full)
+    }
+
+    /// Starts `walshift <args>`, a command printing JSON lines (`tail`,
+    /// `traffic watch`), in the background.
+    pub fn spawn_json_lines(&self, full: &[&str]) -> TailProcess {
+        let mut cmd = self.command(full);
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn walshift tail");
         let lines = Arc::new(Mutex::new(Vec::new()));

@@ -134,10 +134,11 @@ pub async fn run(
         let _ = keeper.await;
         let _ = forward.await;
         let outer_stop = outer.is_triggered();
-        if outer_stop || result.is_err() {
-            if let Err(e) = redis.release(&value).await {
-                tracing::warn!(error = %e, "cannot release the controller lease; it expires by itself");
-            }
+        // Released whatever the reason (compare-and-delete: a no-op when
+        // another instance holds it now), so a standby (or this process,
+        // standing by) takes it at once rather than after the TTL.
+        if let Err(e) = redis.release(&value).await {
+            tracing::warn!(error = %e, "cannot release the controller lease; it expires by itself");
         }
         let run = result?;
         summary.applied.transactions += run.applied.transactions;

@@ -19,7 +19,13 @@
 //!                             │  (keyset reads at a snapshot ⊇ applied)     │
 //!                           backfill ◀── source                             │
 //!                                                   │  durable LSN ──▶ flush LSN to the slot
-//!                           commands::tail (JSON lines)   [verify, cutover: later]
+//!                           commands::tail (JSON lines)
+//!
+//!  verify (periodic passes, repairs through apply::between) ──▶ state::verify
+//!  lag (one computation) ─┐
+//!  state (backfill, verify)┼─▶ controller::gates ─▶ controller::machine ─▶ state::controller
+//!  config reload ─────────┘        (leader only: controller::lease)          │ then
+//!                                                                      traffic::redis (Lua CAS)
 //! ```
 //!
 //! Layout: `pg` holds ordinary SQL connections and catalog queries;
@@ -28,8 +34,12 @@
 //! `transform` the compiled mapping; `apply` the applier and its statements;
 //! `backfill` the keyset copy the applier runs between its transactions;
 //! `commands` one module per CLI command; `config` the validated
-//! configuration every command starts from. See `docs/apply.md` and
-//! `docs/backfill.md`.
+//! configuration every command starts from; `verify` the copy's
+//! verification; `controller` the cutover controller (gates, state machine,
+//! leader lease) and `traffic` what it publishes (decision JSON, Redis
+//! scripts, the bucketing rule); `state` every read and write of the state
+//! schema. See `docs/apply.md`, `docs/backfill.md`, `docs/verify.md`,
+//! `docs/cutover.md` and `docs/traffic.md`.
 
 pub mod apply;
 pub mod backfill;

@@ -21,7 +21,7 @@ pub enum RowSource<'a> {
     /// One array parameter per input: a typed array for the inputs marked
     /// `true`, a `text[]` (cast to the input's type) for the others.
     Arrays(&'a [bool]),
-    /// A staging table (see [`stage_table`]) with one column `c<i>` per
+    /// A staging table (see [`crate::apply::statements::stage_table`]) with one column `c<i>` per
     /// input, typed for the inputs marked `true`, `text` for the others.
     Stage {
         /// The staging table, quoted.

@@ -4,10 +4,12 @@
 # binaries.
 #
 # Installs what the demo needs that the machine lacks (DEMO_TOOLS: redis-server, for
-# the throwaway Redis server of the cutover stage), creates the `postgres` OS user when
-# running as root (the demo's throwaway cluster runs as that user), then runs
-# `walshift demo "$@"` from a release build. Exits 2 when something is missing that it
-# cannot install (not root and no passwordless sudo: it prints the apt-get command).
+# the throwaway Redis server the cutover controller publishes to), creates the
+# `postgres` OS user when running as root (the demo's throwaway cluster runs as that
+# user), then runs `walshift demo "$@"` from a release build. The demo narrates on
+# stderr; walshift's own log stays at `warn` so it does not drown the narration (set
+# WALSHIFT_LOG=info to see it all). Exits 2 when something is missing that it cannot
+# install (not root and no passwordless sudo: it prints the apt-get command).
 set -euo pipefail
 
 # What the demo needs beyond Rust and PostgreSQL, as `command:Debian package`.
@@ -22,4 +24,5 @@ ws_install_missing "${DEMO_TOOLS[@]}"
 ws_postgres_user
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+export WALSHIFT_LOG="${WALSHIFT_LOG:-warn}"
 exec cargo run --release -- demo "$@"

@@ -74,7 +74,8 @@ pub enum Command {
 /// Arguments of `demo`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DemoArgs {
-    /// How long the write workload runs, in seconds.
+    /// The least time, in seconds, the write workload runs before reads
+    /// start moving to the new tables (it runs until the walk-through ends).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub duration_secs: u64,
 }

@@ -79,7 +79,11 @@ fn try_main(cli: Cli) -> Result<error::ExitCode, Error> {
     }
     .map_err(Error::Runtime)?;
     if let Command::Demo(args) = &cli.command {
-        walshift::telemetry::init(cli.log_level.as_deref(), LogFormat::Human);
+        // The demo narrates; its log shows warnings unless asked for more.
+        walshift::telemetry::init(
+            Some(cli.log_level.as_deref().unwrap_or("warn")),
+            LogFormat::Human,
+        );
         let options = DemoOptions { duration: Duration::from_secs(args.duration_secs) };
         return runtime.block_on(async { demo::run(options, shutdown::on_signals()).await });
     }

@@ -329,14 +329,19 @@ async fn rollback_on_lag_stays_until_resumed() {
 }
 
 /// A shadow row corrupted behind walshift's back is found by verification
-/// and rolls reads back; the reason names the verification gate.
+/// and rolls reads back, with the reason naming the verification gate, even
+/// though `[verify] repair = true` repairs the row within a second: the
+/// copy was wrong while reads were on new. It stays rolled back until
+/// re-armed (here by a new `read_new_percent`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rollback_on_divergence() {
+async fn rollback_on_divergence_even_when_repaired() {
     let db = TestDb::new(PgCluster::shared()).await;
     let redis = RedisServer::shared();
     let (ws, channel) =
         migration(&db, redis, 100, "read_new_percent = 10\nstages = [10]", "min_soak_seconds = 0")
             .await;
+    let text = ws.config_text().replace("[verify]\n", "[verify]\nrepair = true\n");
+    std::fs::write(ws.config_path(), text).unwrap();
     let sub = redis.subscribe(&channel);
     let run = ws.spawn_run();
     wait_decision(&sub, "10 % on new", WAIT, |d| read_new(d) == 10).await;
@@ -346,9 +351,12 @@ async fn rollback_on_divergence() {
         wait_decision(&sub, "a rollback", WAIT, |d| d["state"] == "rolled_back").await;
     let reason = rolled["reason"].as_str().unwrap();
     assert!(reason.contains("verification") && reason.contains("difference"), "{reason}");
-    // Stays rolled back (the difference is still there, and even once fixed
-    // it waits for re-arming).
-    c.execute("update shadow.t set v = 'v7' where id = 7", &[]).await.unwrap();
+    // Repaired by walshift.
+    wait_until("the repair", WAIT, async || {
+        c.query_opt("select 1 from shadow.t where id = 7 and v = 'v7'", &[]).await.unwrap()
+    })
+    .await;
+    // Clean again, but still rolled back: it waits to be re-armed.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(read_new(&sub.decisions().last().unwrap().1), 0);
     // Re-armed by a new desired percentage in the config file.

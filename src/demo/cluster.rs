@@ -9,7 +9,8 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-/// Errors starting the demo cluster.
+/// Errors starting the demo's throwaway servers (this cluster and
+/// the demo's `redis-server`).
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
     /// No PostgreSQL server binaries.

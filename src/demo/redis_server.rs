@@ -73,6 +73,11 @@ impl LocalRedis {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// The TCP port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     /// The directory holding its log.
     pub fn dir(&self) -> &Path {
         &self.dir

@@ -162,7 +162,6 @@ struct Live {
 
 impl Controller {
     /// A controller for `cfg` led by `me`.
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         cfg: ValidatedConfig,
         settings: watch::Receiver<Arc<Reloadable>>,

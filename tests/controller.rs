@@ -744,3 +744,65 @@ async fn wait_for_lsn_gives_read_your_writes() {
     assert!(ok);
     run.stop().await;
 }
+
+/// A leader frozen (SIGSTOP) past its lease: the standby takes over; when
+/// the old leader wakes up it can publish nothing (the Lua script checks the
+/// lease; its writes to the state schema are conditional on still being
+/// the leader), steps down to standby, and releases the slot, so the new
+/// leader streams. Every published version still only grows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_leader_that_wakes_up_is_fenced_and_steps_down() {
+    let db = TestDb::new(PgCluster::shared()).await;
+    let redis = RedisServer::shared();
+    let (ws, channel) = migration(
+        &db,
+        redis,
+        50,
+        "read_new_percent = 50\nstages = [10, 50]",
+        "min_soak_seconds = 0",
+    )
+    .await;
+    let sub = redis.subscribe(&channel);
+    let old = ws.spawn_run();
+    wait_decision(&sub, "50 %", WAIT, |d| read_new(d) == 50).await;
+    let new = ws.spawn_run();
+    wait_until("the standby line", WAIT, async || new.stderr().contains("standby:").then_some(()))
+        .await;
+    let old_pid = old.pid().unwrap().to_string();
+    let signal = |sig: &str| {
+        std::process::Command::new("kill").args([sig, &old_pid]).status().unwrap();
+    };
+    let last_before = sub.decisions().last().unwrap().1["version"].as_i64().unwrap();
+    signal("-STOP");
+    let (_, taken) = wait_decision(&sub, "the standby's first decision", WAIT, |d| {
+        d["version"].as_i64().unwrap() > last_before
+    })
+    .await;
+    assert_eq!(read_new(&taken), 50);
+    // While the old leader is frozen its walsender holds the slot: the new
+    // leader retries. Wake the old one up.
+    signal("-CONT");
+    wait_until("the old leader to step down", WAIT, async || {
+        let err = old.stderr();
+        (err.contains("stepping down") || err.contains("stepped down")).then_some(())
+    })
+    .await;
+    wait_until("the old leader to stand by", WAIT, async || {
+        old.stderr().contains("standby:").then_some(())
+    })
+    .await;
+    // The new leader streams.
+    let c = db.client().await;
+    c.execute("insert into t values (100002, 'after the freeze')", &[]).await.unwrap();
+    wait_until("the row to arrive through the new leader", WAIT, async || {
+        c.query_opt("select 1 from shadow.t where id = 100002", &[]).await.unwrap()
+    })
+    .await;
+    let leader: String =
+        c.query_one("select leader from walshift.controller", &[]).await.unwrap().get(0);
+    assert!(leader.contains(&format!(":{}:", new.pid().unwrap())), "leader {leader}");
+    assert_versions_increase(&sub);
+    let (code, log) = old.stop().await;
+    assert_eq!(code, Some(0), "{log}");
+    new.stop().await;
+}

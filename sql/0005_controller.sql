@@ -33,6 +33,12 @@ create table walshift.controller (
 comment on table walshift.controller is
     'cutover controller state and the authoritative copy of the published traffic decision';
 
+-- When verification last confirmed a difference in a table (either
+-- runner). The controller's verification gate fails from then until a
+-- clean pass of the table that started afterwards, even if the row was
+-- repaired meanwhile: the copy was wrong while reads may have been on new.
+alter table walshift.verify_tables add column differences_found_at timestamptz;
+
 -- Audit trail: every decision and state change, with the gates' values.
 create table walshift.audit (
     id bigserial primary key,

@@ -38,63 +38,15 @@ pub struct RedisHealth {
     pub problem: Option<String>,
 }
 
-/// What the gates remember between evaluations.
-#[derive(Debug, Clone, Default)]
-pub struct Memory {
-    /// When (Unix seconds) verification last reported a difference: the
-    /// gate keeps failing until every table has a clean pass that started
-    /// after it, even if the difference was repaired meanwhile. A confirmed
-    /// difference means the copy was wrong while reads may have been on
-    /// new; a repair fixes the row, not what was served.
-    pub verification_dirty_since: Option<f64>,
-}
-
 /// Evaluates every gate but soak (the state machine adds it).
-pub fn evaluate(signals: &Signals, cutover: &CutoverSettings, memory: &mut Memory) -> Gates {
+pub fn evaluate(signals: &Signals, cutover: &CutoverSettings) -> Gates {
     vec![
         backfill(signals),
         lag_seconds(signals, cutover),
         lag_bytes(signals, cutover),
-        sticky_verification(signals, cutover, memory),
+        verification(signals, cutover),
         redis(signals),
     ]
-}
-
-fn sticky_verification(signals: &Signals, cutover: &CutoverSettings, memory: &mut Memory) -> Gate {
-    let gate = verification(signals, cutover);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::SystemTime::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64());
-    if gate.verdict == Verdict::Fail {
-        memory.verification_dirty_since.get_or_insert(now);
-        return gate;
-    }
-    let Some(since) = memory.verification_dirty_since else { return gate };
-    let Some(states) = &signals.verify else { return gate };
-    // Clean again only once every table has a clean pass started after the
-    // difference was seen.
-    let clean_after = signals.tables.iter().all(|table| {
-        states
-            .iter()
-            .filter(|s| &s.target_table == table)
-            .filter_map(|s| s.last_clean_unix_seconds)
-            .any(|started| started > since)
-    });
-    if clean_after {
-        memory.verification_dirty_since = None;
-        return gate;
-    }
-    Gate::new(
-        GateName::Verification,
-        Verdict::Fail,
-        format!(
-            "a difference was found {:.0} s ago; waiting for a clean pass of every table that \
-             started after it ({})",
-            (now - since).max(0.0),
-            gate.value
-        ),
-        gate.limit,
-    )
 }
 
 fn backfill(signals: &Signals) -> Gate {
@@ -184,6 +136,24 @@ fn verification(signals: &Signals, cutover: &CutoverSettings) -> Gate {
                 format!("{table}: {found} difference(s) found"),
                 limit,
             );
+        }
+        // A confirmed difference keeps the gate failing until a clean pass
+        // that started after it, even if the row was repaired meanwhile: the
+        // copy was wrong while reads may have been on new.
+        let found = runs.iter().filter_map(|s| s.differences_found_unix_seconds).reduce(f64::max);
+        let clean_start = runs.iter().filter_map(|s| s.last_clean_unix_seconds).reduce(f64::max);
+        if let Some(found) = found {
+            if clean_start.is_none_or(|c| c < found) {
+                return Gate::new(
+                    GateName::Verification,
+                    Verdict::Fail,
+                    format!(
+                        "{table}: a difference was found; waiting for a clean pass that started \
+                         after it"
+                    ),
+                    limit,
+                );
+            }
         }
         let clean_age = runs.iter().filter_map(|s| s.last_clean_age_seconds).reduce(f64::min);
         match clean_age {

@@ -157,7 +157,6 @@ struct Live {
     write_side: String,
     redis_ok: bool,
     redis_problem: Option<String>,
-    memory: gates::Memory,
 }
 
 impl Controller {
@@ -225,7 +224,6 @@ impl Controller {
             write_side: row.write_side.clone(),
             redis_ok: false,
             redis_problem: None,
-            memory: gates::Memory::default(),
         };
         let mut client_stop = stop.clone();
         stored::audit(
@@ -299,7 +297,7 @@ impl Controller {
             tables: self.tables.clone(),
             redis: redis_health.clone(),
         };
-        let gates = gates::evaluate(&signals, &settings.cutover, &mut live.memory);
+        let gates = gates::evaluate(&signals, &settings.cutover);
 
         let published_before = live.published;
         // Operator commands first: a rollback must not wait for a gate.

@@ -187,6 +187,10 @@ pub struct TableVerifyState {
     pub last_clean_unix_seconds: Option<f64>,
     /// Source position it covers.
     pub last_clean_lsn: Option<Lsn>,
+    /// Unix time verification last confirmed a difference (cleared only in
+    /// effect, by a clean pass that started later).
+    #[serde(default)]
+    pub differences_found_unix_seconds: Option<f64>,
 }
 
 /// The kind of a difference.
@@ -291,8 +295,9 @@ pub async fn load(
          extract(epoch from last_finished_at - last_started_at)::float8, last_lsn, \
          last_rows, last_chunks, last_mismatched, last_rechecked, last_differences, \
          last_unconfirmed, {full_age}, last_clean_full_lsn, {clean_at}, {clean_age}, \
-         extract(epoch from last_clean_at)::float8, last_clean_lsn \
-         from walshift.verify_tables where migration = $1 and ($2::text is null or runner = $2) \
+         extract(epoch from last_clean_at)::float8, last_clean_lsn, \
+         extract(epoch from (to_jsonb(v) ->> 'differences_found_at')::timestamptz)::float8 \
+         from walshift.verify_tables as v where migration = $1 and ($2::text is null or runner = $2) \
          order by target_table, runner",
         pass_started = ts("pass_started_at"),
         last_started = ts("last_started_at"),
@@ -367,6 +372,7 @@ pub async fn load(
             last_clean_age_seconds: row.try_get(29)?,
             last_clean_unix_seconds: row.try_get(30)?,
             last_clean_lsn: lsn(31)?,
+            differences_found_unix_seconds: row.try_get(32)?,
         });
     }
     Ok(out)
@@ -475,6 +481,8 @@ pub async fn finish_pass(
              last_clean_lsn = case when $4 = 'clean' and (pass_kind = 'full' \
                  or last_clean_full_at is not null) then pass_start_lsn \
                  when $4 = 'differences' then null else last_clean_lsn end, \
+             differences_found_at = case when $4 = 'differences' then clock_timestamp() \
+                 else differences_found_at end, \
              pass_kind = null, pass_started_at = null, pass_start_lsn = null, \
              pass_last_key = null, updated_at = clock_timestamp() \
              where migration = $1 and target_table = $2 and runner = $3 and pass_kind is not null",
@@ -517,6 +525,15 @@ pub async fn record_differences(
                 ],
             )
             .await?;
+        if d.confirmed {
+            client
+                .execute(
+                    "update walshift.verify_tables set differences_found_at = clock_timestamp() \
+                     where migration = $1 and target_table = $2 and runner = $3",
+                    &[&migration, &d.table, &runner.as_str()],
+                )
+                .await?;
+        }
     }
     Ok(())
 }

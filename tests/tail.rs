@@ -338,7 +338,8 @@ async fn reconnects_without_losing_or_repeating_changes() {
         if batch % 8 == 3 {
             // Terminate the walsender (once it is back) while it is likely
             // in the middle of sending a transaction.
-            let killed: i64 = wait_until("a walsender for tail", WAIT, async || {
+            let started = std::time::Instant::now();
+            let killed: i64 = loop {
                 let n: i64 = admin
                     .query_one(
                         "select count(pg_terminate_backend(pid)) from pg_stat_replication \
@@ -348,15 +349,41 @@ async fn reconnects_without_losing_or_repeating_changes() {
                     .await
                     .unwrap()
                     .get(0);
-                (n > 0).then_some(n)
-            })
-            .await;
+                if n > 0 {
+                    break n;
+                }
+                assert!(
+                    started.elapsed() < WAIT,
+                    "no walsender for tail after {WAIT:?} (batch {batch}); stderr:\n{}",
+                    tail.stderr()
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            };
             kills += killed;
         }
     }
     assert!(kills >= 5, "the walsender was terminated {kills} times");
     let total = usize::try_from(BATCHES * PER_BATCH).unwrap();
-    tail.wait_for_rows(total, WAIT).await;
+    let started = std::time::Instant::now();
+    while rows(&tail.lines()).len() < total {
+        if started.elapsed() > WAIT {
+            let slot: String = admin
+                .query_one(
+                    "select coalesce(active_pid::text, 'inactive') || ' ' || \
+                     confirmed_flush_lsn::text from pg_replication_slots where slot_name = $1",
+                    &[&db.slot_name()],
+                )
+                .await
+                .map(|r| r.get(0))
+                .unwrap_or_default();
+            panic!(
+                "tail printed {} of {total} row changes in {WAIT:?}; slot {slot}; stderr:\n{}",
+                rows(&tail.lines()).len(),
+                tail.stderr()
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     let (code, lines, stderr) = tail.stop().await;
     assert_eq!(code, Some(0), "stderr: {stderr}");
     assert!(stderr.contains("reconnecting"), "tail logged its reconnects: {stderr}");

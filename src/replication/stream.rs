@@ -77,6 +77,15 @@ impl StreamError {
             StreamError::Protocol(_) | StreamError::Decode { .. } => false,
         }
     }
+
+    /// Whether the server could not be reached at all (connect refused or
+    /// timed out), as opposed to a connection the server ended.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            StreamError::Wire(WireError::Connect { .. } | WireError::ConnectTimeout { .. })
+        )
+    }
 }
 
 /// One event from the stream.

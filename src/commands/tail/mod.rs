@@ -140,7 +140,11 @@ pub async fn run(
             }
             Err(err) => err,
         };
-        if !error.is_transient() || !connected_once {
+        // A server that cannot be reached at the first attempt is most
+        // likely a wrong address: fail fast. A connection the server ended
+        // (a walsender terminated while starting, a restart) is retried,
+        // first attempt or not.
+        if !error.is_transient() || (!connected_once && error.is_unreachable()) {
             return Err(classify(error, cfg));
         }
         tail.connection_lost();

@@ -110,26 +110,7 @@ PGBENCH=(pgbench -n -h 127.0.0.1 -p "$SRC_PORT" -U postgres -c "$CLIENTS" -j 2)
 
 # --- helpers -----------------------------------------------------------------
 
-WS_PID=""
-WS_LOG="$BENCH_TMP/walshift.log"
-: >"$WS_LOG"
-on_exit '[ -n "$WS_PID" ] && kill "$WS_PID" 2>/dev/null'
-start_walshift() {
-    WALSHIFT_LOG="${WALSHIFT_LOG:-info}" "$BIN" --config "$CONF" run 2>>"$WS_LOG" &
-    WS_PID=$!
-}
-stop_walshift() {
-    local rc=0
-    kill -TERM "$WS_PID"
-    wait "$WS_PID" || rc=$?
-    WS_PID=""
-    wait_slot_inactive "$SRC_PORT" bench_ws
-    if [ "$rc" != 0 ]; then
-        echo "error: walshift run exited with $rc; its log:" >&2
-        tail -n 20 "$WS_LOG" >&2
-        exit 1
-    fi
-}
+walshift_process_init
 native() { psql_at "$TGT_NATIVE_PORT" -d postgres -c "alter subscription bench_native $1"; }
 # PG15's launcher starts apply workers at most once per
 # wal_retrieve_retry_interval (5 s): wait that out before enabling again, so
@@ -187,12 +168,12 @@ PEAK_RSS_KB=0
 drain_walshift() {
     local t0 out hwm cpu
     t0="$(now_s)"
-    start_walshift
+    start_walshift "$CONF"
     out="$(python3 "$WATCH" drain --src "$SRC_PORT" --slot bench_ws --endpos "$END" --t0 "$t0" \
         --target "$TGT_WS_PORT" --applied-sql "$WS_APPLIED_SQL" --pid "$WS_PID")"
     hwm="$(vm_hwm_kb "$WS_PID")"
     cpu="$(drain_cpu bench_ws "$TGT_WS_PORT" "select pid from pg_stat_activity where application_name = 'walshift:apply'" "$WS_PID")"
-    stop_walshift
+    stop_walshift bench_ws
     if (( hwm > PEAK_RSS_KB )); then PEAK_RSS_KB="$hwm"; fi
     report_drain "$1" walshift "$out" "peak RSS $(calc "$hwm / 1024" | awk "{printf \"%.1f\", \$1}") MB" "$cpu"
 }
@@ -271,7 +252,7 @@ done
 # --- (b) live lag ------------------------------------------------------------
 
 echo; echo "live lag: both consumers running, pgbench -c $CLIENTS -T $LAG_SECONDS (single-row mix, full rate) ..."
-start_walshift
+start_walshift "$CONF"
 native_wait_launcher
 native_enable
 flush_wal "$SRC_PORT"
@@ -292,7 +273,7 @@ after="$(tup_counts)"
 LAG_CHANGES="$(echo "$before $after" | awk '{print $4 - $1 + $5 - $2 + $6 - $3}')"
 LAG_TPS="$(awk '/^tps = / {printf "%.0f", $3}' "$BENCH_TMP/pgbench_lag.txt")"
 echo "  source load: $LAG_TPS txn/s, $LAG_CHANGES row changes ($(calc "$LAG_CHANGES / $LAG_SECONDS" | awk '{printf "%.0f", $1}') rows/s)"
-stop_walshift
+stop_walshift bench_ws
 native disable
 wait_slot_inactive "$SRC_PORT" bench_native
 check_content "after the live-lag run"

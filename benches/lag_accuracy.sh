@@ -141,28 +141,9 @@ mark_copied() {
         on conflict (migration, source_table, target_table) do update set completed_at = now()" >/dev/null
 }
 
-WS_PID=""
-WS_LOG="$BENCH_TMP/walshift.log"
-: >"$WS_LOG"
+walshift_process_init
 SCRAPE_PID=""
 on_exit '[ -n "$SCRAPE_PID" ] && kill "$SCRAPE_PID" 2>/dev/null'
-on_exit '[ -n "$WS_PID" ] && kill "$WS_PID" 2>/dev/null'
-start_walshift() {
-    WALSHIFT_LOG="${WALSHIFT_LOG:-info}" "$BIN" --config "$1" run 2>>"$WS_LOG" &
-    WS_PID=$!
-}
-stop_walshift() {
-    local rc=0
-    kill -TERM "$WS_PID"
-    wait "$WS_PID" || rc=$?
-    WS_PID=""
-    wait_slot_inactive "$SRC_PORT" "$1"
-    if [ "$rc" != 0 ]; then
-        echo "error: walshift run exited with $rc; its log:" >&2
-        tail -n 20 "$WS_LOG" >&2
-        exit 1
-    fi
-}
 src_lsn() { psql_at "$SRC_PORT" -d postgres -Atc 'select pg_current_wal_insert_lsn()'; }
 
 FAILED=0

@@ -84,6 +84,40 @@ async fn controller_status(addr: &str) -> serde_json::Value {
     v["controller"].clone()
 }
 
+/// Rewrites `[traffic] read_new_percent` in the config file (the running
+/// process reloads it).
+fn set_read_new_percent(ws: &Walshift, percent: u32) {
+    let text = ws.config_text();
+    let line = text.lines().find(|l| l.starts_with("read_new_percent")).unwrap().to_owned();
+    std::fs::write(ws.config_path(), text.replace(&line, &format!("read_new_percent = {percent}")))
+        .unwrap();
+}
+
+/// Starts a leader, waits until it publishes 50 % on new, then starts a
+/// second `run` and waits until it says it stands by for the leader's lease.
+async fn leader_and_standby(ws: &Walshift, sub: &Subscriber) -> (RunProcess, RunProcess) {
+    let leader = ws.spawn_run();
+    wait_decision(sub, "50 %", WAIT, |d| read_new(d) == 50).await;
+    let standby = ws.spawn_run();
+    wait_until("the standby line", WAIT, async || {
+        let err = standby.stderr();
+        (err.contains("standby:") && err.contains("holds the lease")).then_some(())
+    })
+    .await;
+    (leader, standby)
+}
+
+/// A row written on the source arrives in the shadow table: whoever leads
+/// now streams.
+async fn assert_streams(db: &TestDb<'_>, id: i64) {
+    let c = db.client().await;
+    c.execute("insert into t values ($1, 'after a change of leader')", &[&id]).await.unwrap();
+    wait_until("the row to arrive through the new leader", WAIT, async || {
+        c.query_opt("select 1 from shadow.t where id = $1", &[&id]).await.unwrap()
+    })
+    .await;
+}
+
 /// Holds an exclusive lock on `shadow.t` (the applier blocks) until dropped
 /// with `rollback`.
 async fn block_applier(db: &TestDb<'_>) -> Client {
@@ -360,8 +394,7 @@ async fn rollback_on_divergence_even_when_repaired() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(read_new(&sub.decisions().last().unwrap().1), 0);
     // Re-armed by a new desired percentage in the config file.
-    let text = ws.config_text().replace("read_new_percent = 10", "read_new_percent = 20");
-    std::fs::write(ws.config_path(), text).unwrap();
+    set_read_new_percent(&ws, 20);
     wait_decision(&sub, "10 % after re-arming by config", WAIT, |d| {
         read_new(d) == 10 && d["version"].as_i64() > rolled["version"].as_i64()
     })
@@ -485,11 +518,7 @@ async fn redis_outage_holds_then_republishes() {
     let addr = instance_addr(&c).await;
     redis.stop();
     // Ask for more while Redis is down: nothing moves.
-    std::fs::write(
-        ws.config_path(),
-        ws.config_text().replace("read_new_percent = 10", "read_new_percent = 50"),
-    )
-    .unwrap();
+    set_read_new_percent(&ws, 50);
     wait_until("readiness to name Redis", WAIT, async || {
         let (code, body) = http_get(&addr, "/readyz").await;
         (code == 503 && body.contains("redis unreachable")).then_some(())
@@ -504,11 +533,7 @@ async fn redis_outage_holds_then_republishes() {
     assert_eq!(status["redis"]["reachable"], false);
     // Back to 10 % desired (so the first publish after the restart is the
     // republished decision, not a new one), then Redis back, empty.
-    std::fs::write(
-        ws.config_path(),
-        ws.config_text().replace("read_new_percent = 50", "read_new_percent = 10"),
-    )
-    .unwrap();
+    set_read_new_percent(&ws, 10);
     wait_until("the reload", WAIT, async || {
         (controller_status(&addr).await["desired_read_new"] == 10).then_some(())
     })
@@ -532,11 +557,7 @@ async fn redis_outage_holds_then_republishes() {
     let history = ws.run_ok(&["history"]).await;
     assert!(history.contains("republished: the key was missing"), "{history}");
     // And the shift goes on.
-    std::fs::write(
-        ws.config_path(),
-        ws.config_text().replace("read_new_percent = 10", "read_new_percent = 50"),
-    )
-    .unwrap();
+    set_read_new_percent(&ws, 50);
     wait_decision(&sub, "50 % once Redis is back", WAIT, |d| read_new(d) == 50).await;
     run.stop().await;
 }
@@ -558,14 +579,7 @@ async fn standby_takes_over_when_the_leader_dies() {
     )
     .await;
     let sub = redis.subscribe(&channel);
-    let leader = ws.spawn_run();
-    wait_decision(&sub, "50 %", WAIT, |d| read_new(d) == 50).await;
-    let standby = ws.spawn_run();
-    wait_until("the standby line", WAIT, async || {
-        let err = standby.stderr();
-        (err.contains("standby:") && err.contains("holds the lease")).then_some(())
-    })
-    .await;
+    let (leader, standby) = leader_and_standby(&ws, &sub).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let err = standby.stderr();
     assert!(
@@ -583,13 +597,7 @@ async fn standby_takes_over_when_the_leader_dies() {
     assert!(took <= Duration::from_secs(3 + 4), "takeover took {took:?}");
     assert_eq!(read_new(&taken), 50, "the new leader did not resume the decision: {taken}");
     assert_eq!(taken["state"], "shifting");
-    // The new leader streams.
-    let c = db.client().await;
-    c.execute("insert into t values (100001, 'after takeover')", &[]).await.unwrap();
-    wait_until("the row to arrive through the new leader", WAIT, async || {
-        c.query_opt("select 1 from shadow.t where id = 100001", &[]).await.unwrap()
-    })
-    .await;
+    assert_streams(&db, 100_001).await;
     assert_versions_increase(&sub);
     standby.stop().await;
 }
@@ -637,17 +645,11 @@ async fn kill9_in_each_state_resumes_it() {
         );
         run
     };
-    let set_percent = |p: u32| {
-        let text = ws.config_text();
-        let line = text.lines().find(|l| l.starts_with("read_new_percent")).unwrap().to_owned();
-        std::fs::write(ws.config_path(), text.replace(&line, &format!("read_new_percent = {p}")))
-            .unwrap();
-    };
     let run = ws.spawn_run();
     wait_decision(&sub, "verified", WAIT, |d| d["state"] == "verified").await;
     let run = restart_and_check(run, "verified", 0).await;
     // Shifting at 10 % with a long soak ahead: no jump to 50 after restart.
-    set_percent(100);
+    set_read_new_percent(&ws, 100);
     wait_decision(&sub, "10 %", WAIT, |d| read_new(d) == 10).await;
     let run = restart_and_check(run, "shifting", 10).await;
     assert_eq!(stored().await, ("shifting".into(), 10));
@@ -763,11 +765,7 @@ async fn a_frozen_leader_that_wakes_up_is_fenced_and_steps_down() {
     )
     .await;
     let sub = redis.subscribe(&channel);
-    let old = ws.spawn_run();
-    wait_decision(&sub, "50 %", WAIT, |d| read_new(d) == 50).await;
-    let new = ws.spawn_run();
-    wait_until("the standby line", WAIT, async || new.stderr().contains("standby:").then_some(()))
-        .await;
+    let (old, new) = leader_and_standby(&ws, &sub).await;
     let old_pid = old.pid().unwrap().to_string();
     let signal = |sig: &str| {
         std::process::Command::new("kill").args([sig, &old_pid]).status().unwrap();
@@ -791,13 +789,8 @@ async fn a_frozen_leader_that_wakes_up_is_fenced_and_steps_down() {
         old.stderr().contains("standby:").then_some(())
     })
     .await;
-    // The new leader streams.
+    assert_streams(&db, 100_002).await;
     let c = db.client().await;
-    c.execute("insert into t values (100002, 'after the freeze')", &[]).await.unwrap();
-    wait_until("the row to arrive through the new leader", WAIT, async || {
-        c.query_opt("select 1 from shadow.t where id = 100002", &[]).await.unwrap()
-    })
-    .await;
     let leader: String =
         c.query_one("select leader from walshift.controller", &[]).await.unwrap().get(0);
     assert!(leader.contains(&format!(":{}:", new.pid().unwrap())), "leader {leader}");

@@ -377,12 +377,8 @@ impl Controller {
         actor: Option<&str>,
         settings: &Reloadable,
     ) -> Result<Option<Exit>, LeadError> {
-        let now = SystemTime::now();
         let mut all_gates = gates.to_vec();
-        all_gates.push(live.machine.soak_gate(&settings.cutover, now));
-        live.version += 1;
-        let position = live.machine.position().clone();
-        let row = self.stored_row(&position, live.version, &live.write_side, now);
+        all_gates.push(live.machine.soak_gate(&settings.cutover, SystemTime::now()));
         let audit = AuditEntry {
             kind: match step.kind {
                 StepKind::Decision => "decision".into(),
@@ -391,52 +387,59 @@ impl Controller {
             from_state: Some(step.from.as_str().into()),
             to_state: Some(step.to.as_str().into()),
             read_new: Some(step.read_new_after),
-            version: Some(live.version),
             reason: step.reason.clone(),
             gates: serde_json::to_value(&all_gates).ok(),
             actor: Some(actor.map_or_else(|| self.me.clone(), str::to_owned)),
             ..empty_audit()
         };
-        if !stored::save(&mut live.client, &self.cfg.migration_name, &self.me, &row, &audit).await?
-        {
-            return Ok(Some(Exit::Deposed("another instance claimed the controller".into())));
-        }
-        if step.to == State::RolledBack && step.read_new_before > 0 {
+        let exit = self.store_and_publish(live, audit).await?;
+        if exit.is_none() && step.to == State::RolledBack && step.read_new_before > 0 {
             metrics::counter!(m::TRAFFIC_ROLLBACKS).increment(1);
         }
-        tracing::info!(
-            from = %step.from,
-            to = %step.to,
-            read_new = step.read_new_after,
-            version = live.version,
-            decision = %row.decision,
-            reason = %step.reason,
-            "controller decision"
-        );
-        Ok(self.publish(live, &row.decision).await)
+        Ok(exit)
     }
 
     /// Publishes the stored decision again with a higher version.
     async fn republish(&self, live: &mut Live, why: &str) -> Result<Option<Exit>, LeadError> {
-        let now = SystemTime::now();
-        live.version += 1;
-        let position = live.machine.position().clone();
-        let row = self.stored_row(&position, live.version, &live.write_side, now);
+        let position = live.machine.position();
         let audit = AuditEntry {
             kind: "republish".into(),
             from_state: Some(position.state.as_str().into()),
             to_state: Some(position.state.as_str().into()),
             read_new: Some(position.read_new),
-            version: Some(live.version),
             reason: format!("republished: {why}"),
             actor: Some(self.me.clone()),
             ..empty_audit()
         };
+        self.store_and_publish(live, audit).await
+    }
+
+    /// The one way a decision leaves the controller: the machine's position
+    /// with the next version is stored together with `audit` (if this
+    /// instance still leads), then published.
+    async fn store_and_publish(
+        &self,
+        live: &mut Live,
+        mut audit: AuditEntry,
+    ) -> Result<Option<Exit>, LeadError> {
+        live.version += 1;
+        audit.version = Some(live.version);
+        let position = live.machine.position().clone();
+        let row = self.stored_row(&position, live.version, &live.write_side, SystemTime::now());
         if !stored::save(&mut live.client, &self.cfg.migration_name, &self.me, &row, &audit).await?
         {
             return Ok(Some(Exit::Deposed("another instance claimed the controller".into())));
         }
-        tracing::info!(version = live.version, why, "republishing the current decision");
+        tracing::info!(
+            kind = %audit.kind,
+            from = audit.from_state.as_deref().unwrap_or(""),
+            to = audit.to_state.as_deref().unwrap_or(""),
+            read_new = position.read_new,
+            version = live.version,
+            decision = %row.decision,
+            reason = %audit.reason,
+            "controller decision"
+        );
         Ok(self.publish(live, &row.decision).await)
     }
 

@@ -42,7 +42,7 @@
 #             <= FAILURE_THRESHOLD x EVALUATE_MS + 1 s. Every message the
 #             subscriber receives gives the decision-to-subscriber latency
 #             (receive time minus the decision's updated_at, walshift's
-#             clock on the same host, ms precision: it includes storing the
+#             clock on the same host, µs precision: it includes storing the
 #             decision in the state schema before the Redis script runs).
 #             Check: p99 <= 50 ms. Also printed: PUBLISH-to-subscriber
 #             (receive time minus Redis's time of the script's PUBLISH, from

@@ -844,6 +844,11 @@ impl PgTimestamp {
         }
         self.0.checked_add(UNIX_TO_PG_EPOCH_DAYS * MICROS_PER_DAY)
     }
+
+    /// The timestamp `micros` microseconds after the Unix epoch (saturating).
+    pub fn from_unix_micros(micros: i64) -> PgTimestamp {
+        PgTimestamp(micros.saturating_sub(UNIX_TO_PG_EPOCH_DAYS * MICROS_PER_DAY))
+    }
 }
 
 impl fmt::Display for PgTimestamp {

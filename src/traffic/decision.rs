@@ -63,36 +63,14 @@ impl Decision {
     }
 }
 
-/// `t` as RFC 3339 in UTC with milliseconds (`2026-12-06T07:30:00.123Z`).
+/// `t` as RFC 3339 in UTC with microseconds (`2026-12-06T07:30:00.123456Z`),
+/// printed as walshift prints every timestamp.
 pub fn rfc3339(t: std::time::SystemTime) -> String {
-    let millis = match t.duration_since(std::time::UNIX_EPOCH) {
-        Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
-        Err(e) => -i64::try_from(e.duration().as_millis()).unwrap_or(i64::MAX),
+    let micros = match t.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_micros()).unwrap_or(i64::MAX),
+        Err(e) => i64::try_from(e.duration().as_micros()).map_or(i64::MIN, |m| -m),
     };
-    let days = millis.div_euclid(86_400_000);
-    let ms_of_day = millis.rem_euclid(86_400_000);
-    let (year, month, day) = civil_from_days(days);
-    let secs = ms_of_day / 1000;
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60,
-        ms_of_day % 1000
-    )
-}
-
-/// Howard Hinnant's `civil_from_days` (days since 1970-01-01 → y, m, d).
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(month <= 2), month, day)
+    crate::replication::pgoutput::PgTimestamp::from_unix_micros(micros).to_string()
 }
 
 #[cfg(test)]
@@ -114,7 +92,7 @@ mod tests {
         };
         assert_eq!(
             d.to_json(),
-            r#"{"version":7,"migration":"billing_v2","read":{"old":90,"new":10},"write":"old","state":"shifting","reason":"r","updated_at":"2026-12-06T07:30:00.123Z","bucketing":{"hash":"fnv1a64-fmix64","salt":"billing_v2"}}"#
+            r#"{"version":7,"migration":"billing_v2","read":{"old":90,"new":10},"write":"old","state":"shifting","reason":"r","updated_at":"2026-12-06T07:30:00.123000Z","bucketing":{"hash":"fnv1a64-fmix64","salt":"billing_v2"}}"#
         );
         assert_eq!(Decision::parse(&d.to_json()), Some(d));
         assert_eq!(Decision::parse("{}"), None);
@@ -122,10 +100,10 @@ mod tests {
 
     #[test]
     fn rfc3339_of_known_instants() {
-        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000000Z");
         assert_eq!(
             rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)),
-            "2000-02-29T00:00:00.000Z"
+            "2000-02-29T00:00:00.000000Z"
         );
     }
 }

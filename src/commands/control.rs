@@ -28,9 +28,7 @@ pub fn requester() -> String {
         .filter(|u| !u.is_empty())
         .or_else(user_of_uid)
         .unwrap_or_else(|| "unknown".into());
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "localhost".into());
+    let host = crate::state::instance::host_name();
     format!("{user}@{host}")
 }
 

@@ -396,9 +396,7 @@ fn add(total: &mut ApplyStats, stats: ApplyStats) {
 /// Records this process and its HTTP listener as the migration's instance
 /// (best effort: `status` then falls back to the state schema).
 async fn register_instance(cfg: &ValidatedConfig, addr: std::net::SocketAddr) {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "localhost".to_owned());
+    let host = crate::state::instance::host_name();
     let instance = crate::state::instance::Instance {
         pid: i32::try_from(std::process::id()).unwrap_or(0),
         host,

@@ -27,9 +27,7 @@ use crate::traffic::redis::TrafficRedis;
 /// This process's id in the lease and the state schema:
 /// `host:pid:start-millis`.
 pub fn instance_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "localhost".to_owned());
+    let host = crate::state::instance::host_name();
     let started =
         SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_millis());
     format!("{host}:{}:{started}", std::process::id())

@@ -3,6 +3,14 @@
 
 use tokio_postgres::Client;
 
+/// This host's name (`localhost` when it cannot be read), as instances,
+/// leases and operator commands record it.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".to_owned())
+}
+
 /// A registered instance.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Instance {

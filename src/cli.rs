@@ -60,6 +60,12 @@ pub enum Command {
     /// there until `resume` (or a new `[traffic] read_new_percent`). Asks
     /// the running leader and prints its answer.
     Rollback(RollbackArgs),
+    /// Move writes to the new tables (the write cutover): announce, fence
+    /// the old tables, drain to a barrier, check, move sequences, flip.
+    /// Asks the running leader and prints each step as it happens; allowed
+    /// once reads are 100 % on new and every gate passes (refused, exit 2,
+    /// otherwise); exit 1 when the attempt aborted (everything as before).
+    Cutover(CutoverArgs),
     /// Print the controller's audit trail: every decision and state change
     /// with its reason.
     History(HistoryArgs),
@@ -131,6 +137,21 @@ pub struct RollbackArgs {
     /// Why (recorded in the audit trail).
     #[arg(long)]
     pub reason: Option<String>,
+
+    /// After the write cutover only: roll back anyway, although writes made
+    /// to the new tables since the cutover are not in the old tables (the
+    /// old side never sees them). Drops the fence triggers.
+    #[arg(long)]
+    pub abandon_new_writes: bool,
+}
+
+/// Arguments of `cutover`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CutoverArgs {
+    /// Print every step with the current gate values, the tables it would
+    /// lock and the sequences it would move; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// Arguments of `history`.
@@ -165,6 +186,12 @@ pub struct TeardownArgs {
     /// Really drop (otherwise list what would be dropped and exit non-zero).
     #[arg(long)]
     pub yes: bool,
+
+    /// Also drop the write cutover's fence triggers from the old tables
+    /// (they then accept writes again). The old tables themselves are
+    /// never dropped.
+    #[arg(long)]
+    pub drop_fence: bool,
 }
 
 /// Arguments of `tail`.

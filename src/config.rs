@@ -141,6 +141,27 @@ pub const DEFAULT_MIN_SOAK_SECONDS: f64 = 300.0;
 pub const DEFAULT_FAILURE_THRESHOLD: u32 = 3;
 /// Lifetime of the controller's lease in Redis; renewed every third of it.
 pub const DEFAULT_LEASE_TTL_MS: u64 = 15_000;
+
+/// `[cutover] fence_timeout_ms`: how long the write cutover keeps trying
+/// to lock the old tables before it gives up (nothing changed).
+pub const DEFAULT_FENCE_TIMEOUT_MS: u64 = 5_000;
+
+/// `[cutover] fence_lock_timeout_ms`: `lock_timeout` of one attempt to lock
+/// the old tables; the application's writes queue behind a waiting attempt
+/// for at most this long.
+pub const DEFAULT_FENCE_LOCK_TIMEOUT_MS: u64 = 100;
+
+/// `[cutover] drain_timeout_ms`: how long the applier may take to apply past
+/// the cutover's barrier.
+pub const DEFAULT_DRAIN_TIMEOUT_MS: u64 = 5_000;
+
+/// `[cutover] final_check_timeout_ms`: bound of the final verification of
+/// what changed since the last clean pass, run while writes are fenced.
+pub const DEFAULT_FINAL_CHECK_TIMEOUT_MS: u64 = 10_000;
+
+/// `[cutover] sequence_margin`: how far past the source sequence's value
+/// the target's sequence is set.
+pub const DEFAULT_SEQUENCE_MARGIN: i64 = 1_000;
 /// Prometheus endpoint address.
 pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9187";
 /// Log line format.
@@ -452,6 +473,10 @@ pub struct TrafficConfig {
     /// Salt of the bucketing hash; default: the migration name.
     #[serde(default)]
     pub salt: Option<String>,
+    /// Where writes should go: `old` (default) or `new` (the write
+    /// cutover, once reads are 100 % on new and every gate passes).
+    #[serde(default)]
+    pub write: WriteTarget,
 }
 
 impl Default for TrafficConfig {
@@ -461,6 +486,28 @@ impl Default for TrafficConfig {
             stages: default_stages(),
             on_violation: OnViolation::default(),
             salt: None,
+            write: WriteTarget::default(),
+        }
+    }
+}
+
+/// `traffic.write`: the side the operator wants writes on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WriteTarget {
+    /// The old (source) tables.
+    #[default]
+    Old,
+    /// The new tables: run the write cutover.
+    New,
+}
+
+impl WriteTarget {
+    /// The configured name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WriteTarget::Old => "old",
+            WriteTarget::New => "new",
         }
     }
 }
@@ -512,6 +559,21 @@ pub struct CutoverConfig {
     /// See [`DEFAULT_LEASE_TTL_MS`].
     #[serde(default = "default_lease_ttl_ms")]
     pub lease_ttl_ms: u64,
+    /// See [`DEFAULT_FENCE_TIMEOUT_MS`].
+    #[serde(default = "default_fence_timeout_ms")]
+    pub fence_timeout_ms: u64,
+    /// See [`DEFAULT_FENCE_LOCK_TIMEOUT_MS`].
+    #[serde(default = "default_fence_lock_timeout_ms")]
+    pub fence_lock_timeout_ms: u64,
+    /// See [`DEFAULT_DRAIN_TIMEOUT_MS`].
+    #[serde(default = "default_drain_timeout_ms")]
+    pub drain_timeout_ms: u64,
+    /// See [`DEFAULT_FINAL_CHECK_TIMEOUT_MS`].
+    #[serde(default = "default_final_check_timeout_ms")]
+    pub final_check_timeout_ms: u64,
+    /// See [`DEFAULT_SEQUENCE_MARGIN`].
+    #[serde(default = "default_sequence_margin")]
+    pub sequence_margin: i64,
 }
 
 impl Default for CutoverConfig {
@@ -524,6 +586,11 @@ impl Default for CutoverConfig {
             min_soak_seconds: DEFAULT_MIN_SOAK_SECONDS,
             failure_threshold: DEFAULT_FAILURE_THRESHOLD,
             lease_ttl_ms: DEFAULT_LEASE_TTL_MS,
+            fence_timeout_ms: DEFAULT_FENCE_TIMEOUT_MS,
+            fence_lock_timeout_ms: DEFAULT_FENCE_LOCK_TIMEOUT_MS,
+            drain_timeout_ms: DEFAULT_DRAIN_TIMEOUT_MS,
+            final_check_timeout_ms: DEFAULT_FINAL_CHECK_TIMEOUT_MS,
+            sequence_margin: DEFAULT_SEQUENCE_MARGIN,
         }
     }
 }
@@ -551,6 +618,21 @@ fn default_failure_threshold() -> u32 {
 }
 fn default_lease_ttl_ms() -> u64 {
     DEFAULT_LEASE_TTL_MS
+}
+fn default_fence_timeout_ms() -> u64 {
+    DEFAULT_FENCE_TIMEOUT_MS
+}
+fn default_fence_lock_timeout_ms() -> u64 {
+    DEFAULT_FENCE_LOCK_TIMEOUT_MS
+}
+fn default_drain_timeout_ms() -> u64 {
+    DEFAULT_DRAIN_TIMEOUT_MS
+}
+fn default_final_check_timeout_ms() -> u64 {
+    DEFAULT_FINAL_CHECK_TIMEOUT_MS
+}
+fn default_sequence_margin() -> i64 {
+    DEFAULT_SEQUENCE_MARGIN
 }
 
 /// `[metrics]`
@@ -857,6 +939,8 @@ pub struct TrafficSettings {
     pub on_violation: OnViolation,
     /// Salt of the bucketing hash.
     pub salt: String,
+    /// Where the operator wants writes.
+    pub write: WriteTarget,
 }
 
 /// `[cutover]`, resolved.
@@ -880,6 +964,20 @@ pub struct CutoverSettings {
     /// Lease lifetime (>= 1 s).
     #[serde(serialize_with = "crate::config::millis")]
     pub lease_ttl: Duration,
+    /// Write cutover: longest time spent trying to lock the old tables.
+    #[serde(serialize_with = "crate::config::millis")]
+    pub fence_timeout: Duration,
+    /// Write cutover: `lock_timeout` of one locking attempt.
+    #[serde(serialize_with = "crate::config::millis")]
+    pub fence_lock_timeout: Duration,
+    /// Write cutover: longest wait for the applier to pass the barrier.
+    #[serde(serialize_with = "crate::config::millis")]
+    pub drain_timeout: Duration,
+    /// Write cutover: bound of the final check.
+    #[serde(serialize_with = "crate::config::millis")]
+    pub final_check_timeout: Duration,
+    /// Write cutover: target sequences are set this far past the source's.
+    pub sequence_margin: i64,
 }
 
 /// The settings `walshift run` picks up on reload (SIGHUP or a change of
@@ -1402,6 +1500,22 @@ fn validate_traffic(
             ),
         ));
     }
+    if traffic.write == WriteTarget::New && !have_redis {
+        return Err(ConfigError::invalid(
+            "traffic.write",
+            "asks for writes on new, but there is no [redis] url: the write cutover is run by the \
+             controller; set [redis] url or write = \"old\"",
+        ));
+    }
+    if traffic.write == WriteTarget::New && read_new_percent < 100 {
+        return Err(ConfigError::invalid(
+            "traffic.write",
+            format!(
+                "asks for writes on new while read_new_percent = {read_new_percent}: the write \
+                 cutover needs every read on new first; set read_new_percent = 100"
+            ),
+        ));
+    }
     if traffic.stages.is_empty() {
         return Err(ConfigError::invalid("traffic.stages", "must list at least one stage"));
     }
@@ -1431,7 +1545,13 @@ fn validate_traffic(
     if salt.is_empty() {
         return Err(ConfigError::invalid("traffic.salt", "must not be empty"));
     }
-    Ok(TrafficSettings { read_new_percent, stages, on_violation: traffic.on_violation, salt })
+    Ok(TrafficSettings {
+        read_new_percent,
+        stages,
+        on_violation: traffic.on_violation,
+        salt,
+        write: traffic.write,
+    })
 }
 
 fn validate_cutover(cutover: &CutoverConfig) -> Result<CutoverSettings, ConfigError> {
@@ -1457,6 +1577,25 @@ fn validate_cutover(cutover: &CutoverConfig) -> Result<CutoverSettings, ConfigEr
             format!("must be >= 1000 (renewed every third of it), got {}", cutover.lease_ttl_ms),
         ));
     }
+    positive("cutover.fence_timeout_ms", cutover.fence_timeout_ms)?;
+    positive("cutover.fence_lock_timeout_ms", cutover.fence_lock_timeout_ms)?;
+    positive("cutover.drain_timeout_ms", cutover.drain_timeout_ms)?;
+    positive("cutover.final_check_timeout_ms", cutover.final_check_timeout_ms)?;
+    if cutover.fence_lock_timeout_ms > cutover.fence_timeout_ms {
+        return Err(ConfigError::invalid(
+            "cutover.fence_lock_timeout_ms",
+            format!(
+                "must be <= cutover.fence_timeout_ms ({}), got {}",
+                cutover.fence_timeout_ms, cutover.fence_lock_timeout_ms
+            ),
+        ));
+    }
+    if cutover.sequence_margin < 0 {
+        return Err(ConfigError::invalid(
+            "cutover.sequence_margin",
+            format!("must be >= 0, got {}", cutover.sequence_margin),
+        ));
+    }
     if cutover.evaluate_interval_ms > cutover.lease_ttl_ms {
         return Err(ConfigError::invalid(
             "cutover.evaluate_interval_ms",
@@ -1474,6 +1613,11 @@ fn validate_cutover(cutover: &CutoverConfig) -> Result<CutoverSettings, ConfigEr
         min_soak,
         failure_threshold: cutover.failure_threshold,
         lease_ttl: Duration::from_millis(cutover.lease_ttl_ms),
+        fence_timeout: Duration::from_millis(cutover.fence_timeout_ms),
+        fence_lock_timeout: Duration::from_millis(cutover.fence_lock_timeout_ms),
+        drain_timeout: Duration::from_millis(cutover.drain_timeout_ms),
+        final_check_timeout: Duration::from_millis(cutover.final_check_timeout_ms),
+        sequence_margin: cutover.sequence_margin,
     })
 }
 

@@ -91,6 +91,10 @@ pub enum Error {
     /// The demo's throwaway cluster could not start.
     #[error(transparent)]
     DemoCluster(#[from] crate::demo::cluster::ClusterError),
+    /// A command was carried out and failed (exit 1), e.g. a write cutover
+    /// that aborted.
+    #[error("{0}")]
+    Failed(String),
     /// An internal failure: a bug in walshift, not in its input (e.g. a task
     /// panicked).
     #[error("internal error: {0}")]

@@ -49,6 +49,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod controller;
+pub mod cutover;
 pub mod demo;
 pub mod error;
 pub mod lag;

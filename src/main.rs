@@ -236,7 +236,7 @@ fn try_main(cli: Cli) -> Result<error::ExitCode, Error> {
             }
             Command::Teardown(args) => {
                 let mut stdout = std::io::stdout();
-                commands::teardown::run(&cfg, args.yes, &mut stdout).await?;
+                commands::teardown::run(&cfg, args.yes, args.drop_fence, &mut stdout).await?;
                 Ok(error::ExitCode::Success)
             }
             Command::Tail(args) => {
@@ -263,10 +263,18 @@ fn try_main(cli: Cli) -> Result<error::ExitCode, Error> {
                 let answer = commands::control::ask_leader(
                     &cfg,
                     "rollback",
-                    &serde_json::json!({ "reason": args.reason }),
+                    &serde_json::json!({
+                        "reason": args.reason,
+                        "abandon_new_writes": args.abandon_new_writes,
+                    }),
                 )
                 .await?;
                 println!("{answer}");
+                Ok(error::ExitCode::Success)
+            }
+            Command::Cutover(args) => {
+                let mut stdout = std::io::stdout();
+                commands::control::cutover(&cfg, args.dry_run, &mut stdout).await?;
                 Ok(error::ExitCode::Success)
             }
             Command::History(args) => {

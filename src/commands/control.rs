@@ -54,6 +54,32 @@ pub async fn ask_leader(
     command: &str,
     args: &serde_json::Value,
 ) -> Result<String, Error> {
+    ask_leader_with(cfg, command, args, |_| Ok(())).await
+}
+
+/// `walshift cutover [--dry-run]`: asks the leader and prints each step
+/// (the leader's `cutover` audit entries) as it happens, then the answer.
+pub async fn cutover(
+    cfg: &ValidatedConfig,
+    dry_run: bool,
+    out: &mut impl Write,
+) -> Result<(), Error> {
+    let answer =
+        ask_leader_with(cfg, "cutover", &serde_json::json!({ "dry_run": dry_run }), |line| {
+            writeln!(out, "{line}").and_then(|()| out.flush()).map_err(Error::Output)
+        })
+        .await?;
+    writeln!(out, "{answer}").map_err(Error::Output)
+}
+
+/// [`ask_leader`], calling `progress` with each `cutover` audit line the
+/// leader writes while it works on the command.
+pub async fn ask_leader_with(
+    cfg: &ValidatedConfig,
+    command: &str,
+    args: &serde_json::Value,
+    mut progress: impl FnMut(String) -> Result<(), Error>,
+) -> Result<String, Error> {
     let target = client::connect(&cfg.target.url, command, SessionLimits::ADMIN).await?;
     let row = stored::load(&target, &cfg.migration_name)
         .await
@@ -75,20 +101,30 @@ pub async fn ask_leader(
         Some(age) => return Err(no_leader(format!("its leader was last seen {age:.0} s ago"))),
         None => return Err(no_leader("no leader recorded".into())),
     }
+    let mut seen = stored::last_audit_id(&target, &cfg.migration_name)
+        .await
+        .map_err(Error::sql("reading the audit trail"))?;
     let id =
         stored::request(&target, &cfg.migration_name, command, &args.to_string(), &requester())
             .await
             .map_err(Error::sql("queueing the command"))?;
     let started = Instant::now();
     loop {
+        for a in stored::audit_since(&target, &cfg.migration_name, seen, "cutover")
+            .await
+            .map_err(Error::sql("reading the audit trail"))?
+        {
+            seen = seen.max(a.id);
+            progress(format!("{} {}", a.at, a.reason))?;
+        }
         if let Some(answer) = stored::answer_of(&target, id)
             .await
             .map_err(Error::sql("reading the leader's answer"))?
         {
-            return if answer.ok {
-                Ok(answer.answer)
-            } else {
-                Err(Error::Precondition(answer.answer))
+            return match (answer.ok, answer.failed) {
+                (true, _) => Ok(answer.answer),
+                (false, true) => Err(Error::Failed(answer.answer)),
+                (false, false) => Err(Error::Precondition(answer.answer)),
             };
         }
         if started.elapsed() >= ANSWER_TIMEOUT {
@@ -102,7 +138,7 @@ pub async fn ask_leader(
                     ANSWER_TIMEOUT.as_secs()
                 )));
             }
-            continue;
+            // Picked up (a write cutover runs): wait for its end.
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -27,6 +27,7 @@ use crate::backfill::step::BackfillWork;
 use crate::backfill::{Backfill, BackfillBoard, BackfillOptions};
 use crate::change::TableIdx;
 use crate::config::ValidatedConfig;
+use crate::cutover::drain::DrainHook;
 use crate::error::{self, CheckFailure, CheckFailures, Error};
 use crate::lag::Lag;
 use crate::lsn::Lsn;
@@ -34,6 +35,7 @@ use crate::pg::client::{self, SessionLimits};
 use crate::pg::{catalog, migrate};
 use crate::replication::reader::{self, Reader, ReaderError};
 use crate::replication::stream::{LogicalStream, StreamOptions};
+use crate::runtime::pipeline::Pipeline;
 use crate::runtime::shutdown;
 use crate::runtime::shutdown::Shutdown;
 use crate::runtime::tasks::spawn_named;
@@ -69,6 +71,8 @@ pub struct RunOptions {
     /// Where this process's HTTP listener answers, recorded in the state
     /// schema for `walshift status`.
     pub http_addr: Option<std::net::SocketAddr>,
+    /// The handle the controller reaches the pipeline through.
+    pub pipeline: Pipeline,
 }
 
 /// Totals of a `run` that was stopped.
@@ -247,7 +251,15 @@ pub async fn run_with(
         register_instance(cfg, addr).await;
     }
     // Shared by every session and the verification loop.
-    let shared = Shared::new(cfg, &plan, options.until_backfilled, Arc::clone(&options.lag));
+    let shared = Shared::new(
+        cfg,
+        &plan,
+        options.until_backfilled,
+        Arc::clone(&options.lag),
+        Arc::clone(&options.pipeline),
+    );
+    options.pipeline.set_dirty(shared.dirty.clone());
+    load_cut_over(cfg, &options.pipeline).await?;
     let heartbeat_task = spawn_named(
         "heartbeat",
         crate::replication::heartbeat::run(cfg.clone(), Arc::clone(&shared.lag), shutdown.clone()),
@@ -260,6 +272,7 @@ pub async fn run_with(
             lag: Arc::clone(&shared.lag),
             dirty: Arc::clone(dirty),
             repairs: shared.repair_tx.clone(),
+            lock: Arc::clone(&options.pipeline.verify_lock),
         };
         spawn_named("verify", verify::periodic::run(periodic, shutdown.clone()))
     });
@@ -279,13 +292,20 @@ pub async fn run_with(
 /// verification loop.
 struct Shared {
     lag: Arc<Lag>,
+    pipeline: Pipeline,
     dirty: Option<Arc<DirtyKeys>>,
     repair_tx: Option<mpsc::Sender<RepairRequest>>,
     repair_queue: Option<RepairQueue>,
 }
 
 impl Shared {
-    fn new(cfg: &ValidatedConfig, plan: &Plan, until_backfilled: bool, lag: Arc<Lag>) -> Self {
+    fn new(
+        cfg: &ValidatedConfig,
+        plan: &Plan,
+        until_backfilled: bool,
+        lag: Arc<Lag>,
+        pipeline: Pipeline,
+    ) -> Self {
         let verify = cfg.verify.enabled && !until_backfilled;
         let dirty =
             verify.then(|| Arc::new(DirtyKeys::new(plan.tables.len(), dirty::DEFAULT_CAPACITY)));
@@ -296,7 +316,7 @@ impl Shared {
         } else {
             (None, None)
         };
-        Shared { lag, dirty, repair_tx, repair_queue }
+        Shared { lag, pipeline, dirty, repair_tx, repair_queue }
     }
 }
 
@@ -379,6 +399,25 @@ async fn sessions(
             }
         }
     }
+}
+
+/// Loads the barrier of the write cutover in force (changes after it got
+/// past the fence: reported, not applied).
+async fn load_cut_over(cfg: &ValidatedConfig, pipeline: &Pipeline) -> Result<(), Error> {
+    let target = client::connect(&cfg.target.url, "run", SessionLimits::ADMIN).await?;
+    let stored = crate::state::controller::load(&target, &cfg.migration_name)
+        .await
+        .map_err(Error::sql("reading the controller state"))?;
+    let cut_over = stored.is_some_and(|s| s.state == "cut_over");
+    let barrier = if cut_over {
+        crate::state::cutover::cut_over_barrier(&target, &cfg.migration_name)
+            .await
+            .map_err(Error::sql("reading the write cutover"))?
+    } else {
+        None
+    };
+    pipeline.set_cut_over_at(barrier);
+    Ok(())
 }
 
 /// Counts an error of `kind` and keeps it for `status`.
@@ -509,7 +548,10 @@ async fn session(
     let backfill_work = BackfillWork::new(backfill, writers, Arc::clone(&plan))
         .await
         .map_err(|e| (none, SessionError::Apply(WorkError::new(e.is_transient(), e).into())))?;
-    let mut applier = applier.with_lag(Arc::clone(&shared.lag)).with_work(Box::new(backfill_work));
+    let mut applier = applier
+        .with_lag(Arc::clone(&shared.lag))
+        .with_work(Box::new(backfill_work))
+        .with_work(Box::new(DrainHook::new(Arc::clone(&shared.pipeline.drain_queue))));
     if let Some(dirty) = &shared.dirty {
         let mut hook = VerifyHook::new(Arc::clone(&plan), Arc::clone(dirty));
         if let Some(queue) = &shared.repair_queue {
@@ -532,8 +574,9 @@ async fn session(
     tracing::info!(%checkpoint, strict_through = %strict_through, "streaming");
 
     let (tx, rx) = mpsc::channel(reader::CHANNEL_CHUNKS);
-    let reader =
-        Reader::new(stream, plan, checkpoint, tx, durable_rx).with_lag(Arc::clone(&shared.lag));
+    let reader = Reader::new(stream, plan, checkpoint, tx, durable_rx)
+        .with_lag(Arc::clone(&shared.lag))
+        .with_pipeline(Arc::clone(&shared.pipeline));
     let reader_task = spawn_named("reader", reader.run(shutdown.clone()));
     let applier_task = spawn_named("applier", applier.run(rx, shutdown));
     let (read, applied) = tokio::join!(reader_task, applier_task);

@@ -142,6 +142,9 @@ async fn stored_controller(
     let recent = crate::state::controller::history(target, &cfg.migration_name, RECENT_AUDIT)
         .await
         .map_err(Error::sql("reading the audit trail"))?;
+    let cutover = crate::state::cutover::latest(target, &cfg.migration_name)
+        .await
+        .map_err(Error::sql("reading the write cutover"))?;
     Ok(Some(ControllerStatus {
         role: "stored".into(),
         instance: row.leader.clone().unwrap_or_default(),
@@ -162,6 +165,10 @@ async fn stored_controller(
         redis: Default::default(),
         reload: Default::default(),
         recent,
+        desired_write: cfg.traffic.write.as_str().into(),
+        write_cutover: None,
+        changes_after_cutover: 0,
+        cutover,
     }))
 }
 
@@ -493,6 +500,7 @@ impl LiveStatus {
                             .as_ref()
                             .map(|c| c.recent.clone())
                             .unwrap_or_default();
+                        live.cutover = status.controller.as_ref().and_then(|c| c.cutover.clone());
                         if live.role == "standby" {
                             // A standby knows no gates; the stored decision
                             // is the leader's.
@@ -746,12 +754,67 @@ fn render_controller(c: &ControllerStatus, out: &mut impl Write) -> std::io::Res
         if let Some(e) = &c.reload.last_error {
             writeln!(out, "  config reload rejected: {e}")?;
         }
+        if let Some(wish) = &c.write_cutover {
+            writeln!(out, "  write cutover: {wish}")?;
+        }
     }
+    render_cutover(c, out)?;
     if !c.recent.is_empty() {
         writeln!(out, "  recent decisions (walshift history for all):")?;
         for a in &c.recent {
             writeln!(out, "    {}", crate::commands::control::history_line(a))?;
         }
+    }
+    Ok(())
+}
+
+/// The write cutover: the newest attempt, and what is left once done.
+fn render_cutover(c: &ControllerStatus, out: &mut impl Write) -> std::io::Result<()> {
+    let Some(a) = &c.cutover else { return Ok(()) };
+    let ms = |v: Option<f64>| v.map_or_else(|| "-".into(), |s| format!("{:.1} ms", s * 1000.0));
+    let f = &a.figures;
+    match a.outcome {
+        None => writeln!(out, "  write cutover: attempt {} in progress at step {}", a.id, a.step)?,
+        Some(o) => writeln!(
+            out,
+            "  write cutover: attempt {} {} ({}){}",
+            a.id,
+            o.as_str(),
+            a.finished_at.as_deref().unwrap_or("?"),
+            a.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default()
+        )?,
+    }
+    if f.pause_seconds.is_some() || f.drain_seconds.is_some() {
+        writeln!(
+            out,
+            "    write pause {}, lock wait {}, drain {}, final check {}",
+            ms(f.pause_seconds),
+            ms(f.lock_wait_seconds),
+            ms(f.drain_seconds),
+            ms(f.check_seconds)
+        )?;
+    }
+    if c.state.as_deref() == Some("cut_over") {
+        if c.changes_after_cutover > 0 {
+            writeln!(
+                out,
+                "    {} change(s) to the old tables got past the fence after the cutover and were                  NOT applied (see the log)",
+                c.changes_after_cutover
+            )?;
+        }
+        writeln!(out, "    left to do:")?;
+        writeln!(
+            out,
+            "      - keep `walshift run` running until the application writes only to the new              tables (late writes to the old tables show up as errors)"
+        )?;
+        writeln!(
+            out,
+            "      - then stop it and run `walshift teardown --yes` (drops the slot, the              publication and walshift's state; add --drop-fence to drop the fence triggers)"
+        )?;
+        writeln!(
+            out,
+            "      - the old tables are never dropped by walshift: drop them when you are sure"
+        )?;
     }
     Ok(())
 }

@@ -25,10 +25,18 @@ struct Inventory {
     publication: bool,
     state_schema: bool,
     other_migrations: i64,
+    /// Old tables carrying the write cutover's fence trigger.
+    fenced: Vec<String>,
 }
 
-/// Lists, and with `yes` drops, walshift's objects. Prints to `out`.
-pub async fn run(cfg: &ValidatedConfig, yes: bool, out: &mut dyn Write) -> Result<(), Error> {
+/// Lists, and with `yes` drops, walshift's objects (with `drop_fence`,
+/// also the write cutover's fence triggers). Prints to `out`.
+pub async fn run(
+    cfg: &ValidatedConfig,
+    yes: bool,
+    drop_fence: bool,
+    out: &mut dyn Write,
+) -> Result<(), Error> {
     let source = client::connect(&cfg.source.url, "teardown", SessionLimits::ADMIN).await?;
     let target = client::connect(&cfg.target.url, "teardown", SessionLimits::ADMIN).await?;
     let inventory = inventory(cfg, &source, &target).await?;
@@ -57,11 +65,29 @@ pub async fn run(cfg: &ValidatedConfig, yes: bool, out: &mut dyn Write) -> Resul
             lines.push(format!("schema {} (walshift state) on the target", migrate::STATE_SCHEMA));
         }
     }
+    let mut kept = Vec::new();
+    for table in &inventory.fenced {
+        if drop_fence {
+            lines.push(format!(
+                "fence trigger {} on {table} (the old table accepts writes again)",
+                crate::cutover::fence::TRIGGER
+            ));
+        } else {
+            kept.push(format!(
+                "fence trigger {} on {table} stays (it rejects writes to the old table;                  --drop-fence drops it)",
+                crate::cutover::fence::TRIGGER
+            ));
+        }
+    }
     let write_err = Error::Output;
+    for line in &kept {
+        writeln!(out, "keeping: {line}").map_err(write_err)?;
+    }
     if lines.is_empty() {
         writeln!(
             out,
-            "nothing to drop: no slot, publication or state schema of migration {}",
+            "nothing to drop: no slot, publication or state schema of migration {} (nor a fence \
+             trigger to drop)",
             cfg.migration_name
         )
         .map_err(write_err)?;
@@ -99,10 +125,30 @@ pub async fn run(cfg: &ValidatedConfig, yes: bool, out: &mut dyn Write) -> Resul
             .map_err(Error::sql(format!("dropping publication {publication}")))?;
         writeln!(out, "dropped publication {publication}").map_err(write_err)?;
     }
+    if drop_fence && !inventory.fenced.is_empty() {
+        let tables = fence_tables(cfg);
+        let dropped = crate::cutover::fence::drop_fence(&source, &tables)
+            .await
+            .map_err(Error::sql("dropping the fence triggers"))?;
+        for table in dropped {
+            writeln!(out, "dropped fence trigger {} on {table}", crate::cutover::fence::TRIGGER)
+                .map_err(write_err)?;
+        }
+    }
     if inventory.state_schema {
         drop_state(cfg, &target, inventory.other_migrations, out).await?;
     }
     Ok(())
+}
+
+fn fence_tables(cfg: &ValidatedConfig) -> Vec<crate::cutover::fence::FencedTable> {
+    cfg.tables
+        .iter()
+        .map(|t| crate::cutover::fence::FencedTable {
+            source: t.source.clone(),
+            target: t.target.clone(),
+        })
+        .collect()
 }
 
 async fn drop_state(
@@ -155,7 +201,16 @@ async fn inventory(
     } else {
         0
     };
-    Ok(Inventory { slot, publication, state_schema, other_migrations })
+    let mut fenced = Vec::new();
+    for t in fence_tables(cfg) {
+        let n = crate::cutover::fence::installed(source, std::slice::from_ref(&t))
+            .await
+            .map_err(Error::sql(ctx))?;
+        if n > 0 {
+            fenced.push(t.source.readable());
+        }
+    }
+    Ok(Inventory { slot, publication, state_schema, other_migrations, fenced })
 }
 
 /// `1.5 GiB`-style sizes for humans.

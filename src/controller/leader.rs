@@ -113,6 +113,7 @@ pub async fn run(
             view_rx,
             me.clone(),
             Arc::clone(&board),
+            Arc::clone(&options.pipeline),
         );
         let controller_task = {
             let step_down = Arc::clone(&step_down);

@@ -28,11 +28,15 @@ pub enum State {
     /// A gate failed (or `walshift rollback`): reads back on old, waiting
     /// to be re-armed.
     RolledBack,
+    /// The write cutover runs: writes announced as fenced.
+    Fenced,
+    /// Writes (and reads) are on new; the old tables reject writes.
+    CutOver,
 }
 
 impl State {
     /// Every state, for metrics.
-    pub const ALL: [State; 7] = [
+    pub const ALL: [State; 9] = [
         State::Backfilling,
         State::CatchingUp,
         State::InSync,
@@ -40,6 +44,8 @@ impl State {
         State::Shifting,
         State::Paused,
         State::RolledBack,
+        State::Fenced,
+        State::CutOver,
     ];
 
     /// The stored and published name.
@@ -52,6 +58,8 @@ impl State {
             State::Shifting => "shifting",
             State::Paused => "paused",
             State::RolledBack => "rolled_back",
+            State::Fenced => "fenced",
+            State::CutOver => "cut_over",
         }
     }
 
@@ -320,6 +328,12 @@ impl Machine {
         let desired = traffic.read_new_percent;
         let pos = self.position.clone();
 
+        // The write cutover owns these states: gates and the desired read
+        // share no longer move anything (the old tables may be fenced).
+        if matches!(pos.state, State::Fenced | State::CutOver) {
+            return None;
+        }
+
         if pos.state == State::RolledBack {
             return match pos.rolled_back_at_percent {
                 Some(at) if at != desired => {
@@ -434,6 +448,12 @@ impl Machine {
         None
     }
 
+    /// A move of the write cutover: to `to` with `read_new` on new.
+    pub fn enter(&mut self, to: State, read_new: u8, reason: String, now: SystemTime) -> Step {
+        self.fail_streak = 0;
+        self.change(StepKind::Decision, to, read_new, reason, now)
+    }
+
     /// `walshift rollback`: 0 % new at once, then stay until re-armed.
     pub fn rollback(
         &mut self,
@@ -528,6 +548,7 @@ mod tests {
             stages: vec![10, 50, 90, 100],
             on_violation,
             salt: "t".into(),
+            write: crate::config::WriteTarget::Old,
         }
     }
 
@@ -540,6 +561,11 @@ mod tests {
             min_soak: Duration::from_secs(soak_secs),
             failure_threshold: 3,
             lease_ttl: Duration::from_secs(15),
+            fence_timeout: Duration::from_secs(5),
+            fence_lock_timeout: Duration::from_millis(100),
+            drain_timeout: Duration::from_secs(5),
+            final_check_timeout: Duration::from_secs(10),
+            sequence_margin: 1000,
         }
     }
 

@@ -11,6 +11,7 @@
 //! * [`leader`]: standby → leader (pipeline + controller) → standby;
 //! * this module: the evaluation loop (persist, publish, republish).
 
+mod cutover;
 pub mod gates;
 pub mod leader;
 pub mod lease;
@@ -23,12 +24,13 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_postgres::Client;
 
-use crate::config::{Reloadable, ValidatedConfig};
+use crate::config::{Reloadable, ValidatedConfig, WriteTarget};
 use crate::controller::gates::{RedisHealth, Signals};
 use crate::controller::lease::LeaseView;
 use crate::controller::machine::{Gate, Machine, Position, State, Step, StepKind, Verdict};
 use crate::lag::Lag;
 use crate::pg::client::{self, SessionLimits};
+use crate::runtime::pipeline::Pipeline;
 use crate::runtime::reload::ReloadReport;
 use crate::runtime::shutdown::Shutdown;
 use crate::state::controller::{self as stored, AuditEntry, StoredController};
@@ -59,8 +61,21 @@ pub struct ControllerStatus {
     pub stages: Vec<u8>,
     /// `[traffic] on_violation`.
     pub on_violation: String,
-    /// Published write side.
+    /// Published write side (`old`, `fenced`, `new`).
     pub write: String,
+    /// `[traffic] write` in force.
+    #[serde(default)]
+    pub desired_write: String,
+    /// A write cutover wanted by the config and what it waits for.
+    #[serde(default)]
+    pub write_cutover: Option<String>,
+    /// Changes to old tables committed after the write cutover (reported,
+    /// not applied).
+    #[serde(default)]
+    pub changes_after_cutover: u64,
+    /// The newest write cutover attempt (filled by `status`).
+    #[serde(default)]
+    pub cutover: Option<crate::state::cutover::Attempt>,
     /// Version of the last decision stored.
     pub version: i64,
     /// Version last accepted by Redis.
@@ -146,6 +161,7 @@ pub struct Controller {
     me: String,
     board: Arc<Board>,
     tables: Vec<String>,
+    pipeline: Pipeline,
 }
 
 /// The loop's state while connected.
@@ -155,6 +171,12 @@ struct Live {
     version: i64,
     published: i64,
     write_side: String,
+    /// While writes are fenced: until when clients should hold them.
+    fence_deadline: Option<SystemTime>,
+    /// `[traffic] write` at the last evaluation.
+    write_wanted: WriteTarget,
+    /// `[traffic] write = "new"` appeared and no attempt was made since.
+    write_armed: bool,
     redis_ok: bool,
     redis_problem: Option<String>,
 }
@@ -169,9 +191,10 @@ impl Controller {
         lease: watch::Receiver<LeaseView>,
         me: String,
         board: Arc<Board>,
+        pipeline: Pipeline,
     ) -> Controller {
         let tables = cfg.tables.iter().map(|t| t.target.readable()).collect();
-        Controller { cfg, settings, lag, redis, lease, me, board, tables }
+        Controller { cfg, settings, lag, redis, lease, me, board, tables, pipeline }
     }
 
     /// Runs until `stop` or until deposed. Errors of the target connection
@@ -200,7 +223,7 @@ impl Controller {
             client::connect(&self.cfg.target.url, "controller", SessionLimits::ADMIN).await?;
         let now = SystemTime::now();
         let initial = Position::initial(now);
-        let init_row = self.stored_row(&initial, 0, "old", now);
+        let init_row = self.stored_row(&initial, 0, "old", None, now);
         let row = stored::claim(&client, &self.cfg.migration_name, &self.me, &init_row).await?;
         let position = Position {
             state: State::parse(&row.state).unwrap_or(State::Backfilling),
@@ -222,6 +245,9 @@ impl Controller {
             version: row.version,
             published: 0,
             write_side: row.write_side.clone(),
+            fence_deadline: None,
+            write_wanted: WriteTarget::Old,
+            write_armed: false,
             redis_ok: false,
             redis_problem: None,
         };
@@ -244,13 +270,17 @@ impl Controller {
             },
         )
         .await?;
+        // A write cutover that did not end is brought to an end first.
+        if let Some(exit) = self.recover_cutover(&mut live).await? {
+            return Ok(exit);
+        }
         // A new leader republishes the stored decision with a higher version.
         if let Some(exit) = self.republish(&mut live, "new leader").await? {
             return Ok(exit);
         }
         loop {
             let interval = self.settings.borrow().cutover.evaluate_interval;
-            if let Some(exit) = self.tick(&mut live).await? {
+            if let Some(exit) = self.tick(&mut live, &client_stop).await? {
                 return Ok(exit);
             }
             tokio::select! {
@@ -261,7 +291,7 @@ impl Controller {
     }
 
     /// One evaluation: gates, commands, the state machine, republishing.
-    async fn tick(&self, live: &mut Live) -> Result<Option<Exit>, LeadError> {
+    async fn tick(&self, live: &mut Live, stop: &Shutdown) -> Result<Option<Exit>, LeadError> {
         let settings = Arc::clone(&self.settings.borrow());
         let now = SystemTime::now();
         // Redis: read what is published (also the reachability probe).
@@ -302,6 +332,50 @@ impl Controller {
         let published_before = live.published;
         // Operator commands first: a rollback must not wait for a gate.
         for cmd in stored::pending(&live.client, &self.cfg.migration_name).await? {
+            let args = serde_json::from_str::<serde_json::Value>(&cmd.args).unwrap_or_default();
+            let after_cutover = live.machine.position().state == State::CutOver;
+            let handled = match cmd.command.as_str() {
+                "cutover" => {
+                    if !stored::pick(&live.client, cmd.id).await? {
+                        continue;
+                    }
+                    let dry_run = args["dry_run"].as_bool().unwrap_or(false);
+                    Some(
+                        self.write_cutover(
+                            live,
+                            &gates,
+                            &settings,
+                            &cmd.requested_by,
+                            dry_run,
+                            stop,
+                        )
+                        .await?,
+                    )
+                }
+                "rollback" if after_cutover => {
+                    let abandon = args["abandon_new_writes"].as_bool().unwrap_or(false);
+                    Some(
+                        self.rollback_after_cutover(live, &settings, &cmd.requested_by, abandon)
+                            .await?,
+                    )
+                }
+                _ => None,
+            };
+            if let Some((answer, exit)) = handled {
+                tracing::info!(command = %cmd.command, by = %cmd.requested_by, ok = answer.ok, answer = %answer.message, "operator command");
+                stored::answer_with(
+                    &live.client,
+                    cmd.id,
+                    answer.ok,
+                    answer.failed,
+                    &answer.message,
+                )
+                .await?;
+                if let Some(exit) = exit {
+                    return Ok(Some(exit));
+                }
+                continue;
+            }
             let outcome = match cmd.command.as_str() {
                 "rollback" => {
                     let reason = serde_json::from_str::<serde_json::Value>(&cmd.args)
@@ -331,6 +405,11 @@ impl Controller {
             }
             tracing::info!(command = %cmd.command, by = %cmd.requested_by, ok = outcome.ok, answer = %message, "operator command");
             stored::answer(&live.client, cmd.id, outcome.ok, &message).await?;
+        }
+
+        // `[traffic] write = "new"`: one attempt each time it is set.
+        if let Some(exit) = self.cutover_from_config(live, &gates, &settings, stop).await? {
+            return Ok(Some(exit));
         }
 
         if let Some(step) = live.machine.evaluate(&gates, &settings.traffic, &settings.cutover, now)
@@ -425,7 +504,13 @@ impl Controller {
         live.version += 1;
         audit.version = Some(live.version);
         let position = live.machine.position().clone();
-        let row = self.stored_row(&position, live.version, &live.write_side, SystemTime::now());
+        let row = self.stored_row(
+            &position,
+            live.version,
+            &live.write_side,
+            live.fence_deadline,
+            SystemTime::now(),
+        );
         if !stored::save(&mut live.client, &self.cfg.migration_name, &self.me, &row, &audit).await?
         {
             return Ok(Some(Exit::Deposed("another instance claimed the controller".into())));
@@ -490,6 +575,7 @@ impl Controller {
         p: &Position,
         version: i64,
         write: &str,
+        fence_deadline: Option<SystemTime>,
         now: SystemTime,
     ) -> StoredController {
         let settings = self.settings.borrow();
@@ -498,6 +584,7 @@ impl Controller {
             migration: self.cfg.migration_name.clone(),
             read: ReadSplit::new_percent(p.read_new),
             write: write.to_owned(),
+            fence_deadline: fence_deadline.map(rfc3339),
             state: p.state.as_str().to_owned(),
             reason: p.reason.clone(),
             updated_at: rfc3339(now),
@@ -529,6 +616,7 @@ impl Controller {
         redis: RedisHealth,
         now: SystemTime,
     ) {
+        let wish = self.write_wish(live, &gates, settings);
         let p = live.machine.position();
         gates.push(live.machine.soak_gate(&settings.cutover, now));
         for state in State::ALL {
@@ -561,6 +649,9 @@ impl Controller {
             s.fail_streak = live.machine.fail_streak();
             s.failure_threshold = settings.cutover.failure_threshold;
             s.redis = redis;
+            s.desired_write = settings.traffic.write.as_str().into();
+            s.write_cutover = wish;
+            s.changes_after_cutover = self.pipeline.late_changes();
         });
     }
 }
@@ -572,6 +663,8 @@ enum LeadError {
     Sql(#[from] tokio_postgres::Error),
     #[error("{}", crate::error::display_chain(.0))]
     Connect(#[from] crate::pg::client::ConnectError),
+    #[error("{0}")]
+    Recover(String),
 }
 
 fn empty_audit() -> AuditEntry {

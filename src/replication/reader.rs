@@ -134,6 +134,9 @@ pub struct Reader {
     chunk_bytes: usize,
     stats: ReaderStats,
     lag: Option<Arc<Lag>>,
+    pipeline: Option<crate::runtime::pipeline::Pipeline>,
+    /// Inside a transaction committed after the cutover's barrier.
+    late: bool,
 }
 
 impl std::fmt::Debug for Reader {
@@ -174,7 +177,28 @@ impl Reader {
             chunk_bytes: 0,
             stats: ReaderStats::default(),
             lag: None,
+            pipeline: None,
+            late: false,
         }
+    }
+
+    /// Reports (and does not forward) changes to mapped tables committed
+    /// after the write cutover's barrier recorded in `pipeline`.
+    pub fn with_pipeline(mut self, pipeline: crate::runtime::pipeline::Pipeline) -> Self {
+        self.pipeline = Some(pipeline);
+        self
+    }
+
+    /// Whether the change at `lsn` to `table` is after the cutover; if so
+    /// it is reported.
+    fn after_cutover(&self, table: usize, lsn: Lsn) -> bool {
+        if !self.late {
+            return false;
+        }
+        if let Some(p) = &self.pipeline {
+            p.late_change(&self.plan.tables[table].source.readable(), lsn);
+        }
+        true
     }
 
     /// Reports forwarded transactions, the server's WAL end and the
@@ -323,6 +347,11 @@ impl Reader {
                 }
                 let skip = begin.final_lsn < self.checkpoint;
                 self.in_txn = Some(skip);
+                self.late = self
+                    .pipeline
+                    .as_ref()
+                    .and_then(|p| p.cut_over_at())
+                    .is_some_and(|barrier| begin.final_lsn > barrier);
                 if skip {
                     self.stats.skipped_transactions += 1;
                 } else {
@@ -375,7 +404,7 @@ impl Reader {
                     return Err(Self::protocol(lsn, "insert outside a transaction"));
                 }
                 if let Some((table, projection)) = self.table_of(lsn, insert.rel_id)? {
-                    if !skipping {
+                    if !skipping && !self.after_cutover(table, lsn) {
                         let new = projection.insert(insert.new_tuple).map_err(project)?;
                         self.push(StreamItem::Change(Change::Insert { table, new }));
                     }
@@ -386,7 +415,7 @@ impl Reader {
                     return Err(Self::protocol(lsn, "update outside a transaction"));
                 }
                 if let Some((table, projection)) = self.table_of(lsn, update.rel_id)? {
-                    if !skipping {
+                    if !skipping && !self.after_cutover(table, lsn) {
                         let (old_key, new) = projection
                             .update(update.old_tuple, update.new_tuple)
                             .map_err(project)?;
@@ -399,7 +428,7 @@ impl Reader {
                     return Err(Self::protocol(lsn, "delete outside a transaction"));
                 }
                 if let Some((table, projection)) = self.table_of(lsn, delete.rel_id)? {
-                    if !skipping {
+                    if !skipping && !self.after_cutover(table, lsn) {
                         let old_key = projection.delete(delete.old_tuple).map_err(project)?;
                         self.push(StreamItem::Change(Change::Delete { table, old_key }));
                     }
@@ -412,7 +441,9 @@ impl Reader {
                 let mut tables = Vec::new();
                 for rel_id in truncate.rel_ids {
                     if let Some((table, _)) = self.table_of(lsn, rel_id)? {
-                        tables.push(table);
+                        if !self.after_cutover(table, lsn) {
+                            tables.push(table);
+                        }
                     }
                 }
                 if !skipping && !tables.is_empty() {

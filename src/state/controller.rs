@@ -85,6 +85,8 @@ pub struct PendingCommand {
 pub struct CommandAnswer {
     /// Whether it was carried out.
     pub ok: bool,
+    /// Whether it was attempted and failed (not refused).
+    pub failed: bool,
     /// What the leader said.
     pub answer: String,
 }
@@ -228,6 +230,34 @@ pub async fn seen(
     Ok(n == 1)
 }
 
+/// Audit entries of `migration` after `after` of `kind`, oldest first.
+pub async fn audit_since(
+    client: &Client,
+    migration: &str,
+    after: i64,
+    kind: &str,
+) -> Result<Vec<AuditEntry>, tokio_postgres::Error> {
+    Ok(history(client, migration, 1000)
+        .await?
+        .into_iter()
+        .filter(|a| a.id > after && a.kind == kind)
+        .collect())
+}
+
+/// The id of the newest audit entry of `migration` (0 without any).
+pub async fn last_audit_id(client: &Client, migration: &str) -> Result<i64, tokio_postgres::Error> {
+    if !tables_exist(client).await? {
+        return Ok(0);
+    }
+    client
+        .query_one(
+            "select coalesce(max(id), 0) from walshift.audit where migration = $1",
+            &[&migration],
+        )
+        .await?
+        .try_get(0)
+}
+
 /// Appends an audit entry on its own.
 pub async fn audit(
     client: &Client,
@@ -348,14 +378,37 @@ pub async fn answer(
     ok: bool,
     text: &str,
 ) -> Result<(), tokio_postgres::Error> {
+    answer_with(client, id, ok, false, text).await
+}
+
+/// Answers command `id`; `failed`: it was attempted and failed.
+pub async fn answer_with(
+    client: &Client,
+    id: i64,
+    ok: bool,
+    failed: bool,
+    text: &str,
+) -> Result<(), tokio_postgres::Error> {
     client
         .execute(
-            "update walshift.commands set answered_at = clock_timestamp(), ok = $2, answer = $3 \
-             where id = $1 and answered_at is null",
-            &[&id, &ok, &text],
+            "update walshift.commands set answered_at = clock_timestamp(), ok = $2, answer = $3, \
+             failed = $4 where id = $1 and answered_at is null",
+            &[&id, &ok, &text, &failed],
         )
         .await?;
     Ok(())
+}
+
+/// Marks command `id` as started on (it can no longer be withdrawn).
+pub async fn pick(client: &Client, id: i64) -> Result<bool, tokio_postgres::Error> {
+    let n = client
+        .execute(
+            "update walshift.commands set picked_at = clock_timestamp() \
+             where id = $1 and answered_at is null and picked_at is null",
+            &[&id],
+        )
+        .await?;
+    Ok(n == 1)
 }
 
 /// The answer to command `id`, once there is one.
@@ -365,11 +418,14 @@ pub async fn answer_of(
 ) -> Result<Option<CommandAnswer>, tokio_postgres::Error> {
     let row = client
         .query_opt(
-            "select ok, answer from walshift.commands where id = $1 and answered_at is not null",
+            "select ok, answer, failed from walshift.commands where id = $1 and answered_at is not null",
             &[&id],
         )
         .await?;
-    row.map(|row| Ok(CommandAnswer { ok: row.try_get(0)?, answer: row.try_get(1)? })).transpose()
+    row.map(|row| {
+        Ok(CommandAnswer { ok: row.try_get(0)?, answer: row.try_get(1)?, failed: row.try_get(2)? })
+    })
+    .transpose()
 }
 
 /// Withdraws command `id` if it was not answered (the CLI gave up waiting).
@@ -378,7 +434,7 @@ pub async fn withdraw(client: &Client, id: i64) -> Result<bool, tokio_postgres::
         .execute(
             "update walshift.commands set answered_at = clock_timestamp(), ok = false, \
              answer = 'withdrawn: the requester stopped waiting' \
-             where id = $1 and answered_at is null",
+             where id = $1 and answered_at is null and picked_at is null",
             &[&id],
         )
         .await?;

@@ -9,6 +9,7 @@
 //! | `backfill` | every backfill chunk, same transaction as its rows | [`backfill`] |
 //! | `verify_tables`, `verify_differences` | each verification chunk and pass | [`verify`] |
 //! | `instances` | each start of `walshift run` (where its `/status` answers) | [`instance`] |
+//! | `cutover_attempts` | each step of a write cutover | [`cutover`] |
 //! | `controller`, `audit`, `commands` | the cutover controller's decisions, its audit trail, operator commands | [`controller`] |
 //!
 //! The schema itself is created and upgraded by [`schema`] from the
@@ -16,6 +17,7 @@
 
 pub mod backfill;
 pub mod controller;
+pub mod cutover;
 pub mod instance;
 pub mod progress;
 pub mod schema;

@@ -17,6 +17,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     (3, "verify", include_str!("../../sql/0003_verify.sql")),
     (4, "instances", include_str!("../../sql/0004_instances.sql")),
     (5, "controller", include_str!("../../sql/0005_controller.sql")),
+    (6, "cutover", include_str!("../../sql/0006_cutover.sql")),
 ];
 
 /// Advisory lock key serializing migrations ("walshift" in ASCII, truncated).

@@ -91,6 +91,21 @@ pub const REDIS_UP: &str = "walshift_redis_up";
 pub const CONFIG_RELOADS: &str = "walshift_config_reloads_total";
 /// 1 while the last reload was rejected, labelled with the offending `key`.
 pub const CONFIG_RELOAD_REJECTED: &str = "walshift_config_reload_rejected";
+/// Write cutover: from the lock on the old tables granted to write `new`
+/// published, of the last completed cutover.
+pub const CUTOVER_WRITE_PAUSE: &str = "walshift_cutover_write_pause_seconds";
+/// Write cutover: from the barrier written to the applier durably past it.
+pub const CUTOVER_DRAIN: &str = "walshift_cutover_drain_seconds";
+/// Write cutover: the final check's duration.
+pub const CUTOVER_CHECK: &str = "walshift_cutover_check_seconds";
+/// Write cutover attempts, by `result` (`cut_over`, `aborted`, `refused`,
+/// `recovered_forward`, `recovered_back`).
+pub const CUTOVER_ATTEMPTS: &str = "walshift_cutover_attempts_total";
+/// 1 once writes are on the new tables.
+pub const CUTOVER_DONE: &str = "walshift_cutover_done";
+/// Changes to old tables committed after the write cutover (they got past
+/// the fence): reported, not applied.
+pub const CHANGES_AFTER_CUTOVER: &str = "walshift_changes_after_cutover_total";
 /// 1, labelled with the version.
 pub const BUILD_INFO: &str = "walshift_build_info";
 /// Unix time the process started.
@@ -138,6 +153,12 @@ pub const ALL: &[&str] = &[
     REDIS_UP,
     CONFIG_RELOADS,
     CONFIG_RELOAD_REJECTED,
+    CUTOVER_WRITE_PAUSE,
+    CUTOVER_DRAIN,
+    CUTOVER_CHECK,
+    CUTOVER_ATTEMPTS,
+    CUTOVER_DONE,
+    CHANGES_AFTER_CUTOVER,
     BUILD_INFO,
     START_TIME,
 ];
@@ -265,6 +286,24 @@ fn describe_controller() {
     describe_gauge!(GATE_PASSING, "Per gate: 1 passing, 0 holding or failing.");
     describe_gauge!(REDIS_UP, "1 while Redis answers the controller.");
     describe_counter!(CONFIG_RELOADS, Unit::Count, "Config reloads, by result.");
+    describe_gauge!(
+        CUTOVER_WRITE_PAUSE,
+        Unit::Seconds,
+        "Write cutover: lock on the old tables granted to write new published (last cutover)."
+    );
+    describe_gauge!(
+        CUTOVER_DRAIN,
+        Unit::Seconds,
+        "Write cutover: barrier written to the applier durably past it (last attempt)."
+    );
+    describe_gauge!(CUTOVER_CHECK, Unit::Seconds, "Write cutover: final check (last attempt).");
+    describe_counter!(CUTOVER_ATTEMPTS, Unit::Count, "Write cutover attempts, by result.");
+    describe_gauge!(CUTOVER_DONE, "1 once writes are on the new tables.");
+    describe_counter!(
+        CHANGES_AFTER_CUTOVER,
+        Unit::Count,
+        "Changes to old tables committed after the write cutover: reported, not applied."
+    );
     describe_gauge!(
         CONFIG_RELOAD_REJECTED,
         "1 while the last config reload was rejected, by offending key."

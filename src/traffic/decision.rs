@@ -39,8 +39,15 @@ pub struct Decision {
     pub migration: String,
     /// The read split.
     pub read: ReadSplit,
-    /// Where writes go: `old` (the write cutover adds `fenced` and `new`).
+    /// Where writes go: `old`; `fenced` while the write cutover runs
+    /// (hold writes until `fence_deadline`, then write where the next
+    /// decision says, or to `old`: the old tables either take the write and
+    /// it is replicated, or reject it loudly); `new` after it.
     pub write: String,
+    /// While `write` is `fenced`: until when clients should hold writes
+    /// (RFC 3339, UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fence_deadline: Option<String>,
     /// The controller's state.
     pub state: String,
     /// Why.
@@ -85,6 +92,7 @@ mod tests {
             migration: "billing_v2".into(),
             read: ReadSplit::new_percent(10),
             write: "old".into(),
+            fence_deadline: None,
             state: "shifting".into(),
             reason: "r".into(),
             updated_at: rfc3339(UNIX_EPOCH + Duration::from_millis(1_796_542_200_123)),

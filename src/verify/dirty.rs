@@ -100,6 +100,14 @@ impl DirtyKeys {
         }
     }
 
+    /// How many changed keys of `table` wait for the next pass; `None` when
+    /// too many were changed to keep (the next pass is a full one).
+    pub fn pending(&self, table: TableIdx) -> Option<usize> {
+        let s = self.state.lock().ok()?;
+        let t = s.tables.get(table)?;
+        (!t.overflowed).then_some(t.keys.len())
+    }
+
     /// Takes what changed in `table` since the last take.
     pub fn take(&self, table: TableIdx) -> Dirty {
         let Ok(mut s) = self.state.lock() else { return Dirty::All };

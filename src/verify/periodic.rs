@@ -43,6 +43,8 @@ pub struct Periodic {
     pub dirty: Arc<DirtyKeys>,
     /// Where to send repairs (with `[verify] repair = true`).
     pub repairs: Option<mpsc::Sender<RepairRequest>>,
+    /// Held for each pass (the write cutover holds it for its checks).
+    pub lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Runs until `shutdown`.
@@ -137,6 +139,7 @@ async fn session(
             } else {
                 PassKind::Incremental
             };
+            let guard = p.lock.lock().await;
             let report = verifier.pass(t, kind, &shutdown).await?;
             if !report.complete {
                 return Ok(());
@@ -158,6 +161,7 @@ async fn session(
             );
             if report.result == PassResult::Differences {
                 if let Some(repairs) = &p.repairs {
+                    let _guard = &guard;
                     let keys: Vec<Vec<String>> = report
                         .differences
                         .iter()

@@ -11,6 +11,7 @@ mod backfill;
 mod backfill_crash;
 mod connect;
 mod controller;
+mod cutover;
 mod demo;
 mod harness;
 mod observability;

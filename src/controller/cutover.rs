@@ -583,6 +583,7 @@ impl Controller {
             }
         }
         let committed_after = granted_at.elapsed();
+        mech::test_hold("committed").await;
         self.pipeline.set_cut_over_at(Some(barrier));
         live.write_side = "new".into();
         live.fence_deadline = None;

@@ -89,16 +89,17 @@ impl std::fmt::Display for CutoverStep {
 }
 
 /// Environment variable of the test hook: `STEP:PATH` holds the cutover
-/// before `STEP` for as long as the file `PATH` exists (tests kill walshift
-/// there, stop Redis, block the applier). Unset in production; reading it
-/// costs nothing.
+/// before `STEP` (a [`CutoverStep`] name, or `committed`: right after the
+/// fence committed, before `cut_over` is stored and published) for as long
+/// as the file `PATH` exists (tests kill walshift there, stop Redis, block
+/// the applier). Unset in production; reading it costs nothing.
 pub const TEST_HOLD_ENV: &str = "WALSHIFT_TEST_HOLD_CUTOVER";
 
 /// The test hook (see [`TEST_HOLD_ENV`]).
-pub async fn test_hold(step: CutoverStep) {
+pub async fn test_hold(step: impl std::fmt::Display) {
     let Ok(spec) = std::env::var(TEST_HOLD_ENV) else { return };
     let Some((at, path)) = spec.split_once(':') else { return };
-    if at != step.as_str() || !std::path::Path::new(path).exists() {
+    if at != step.to_string() || !std::path::Path::new(path).exists() {
         return;
     }
     tracing::warn!(step = %step, "cutover test hook: holding before step {step}");

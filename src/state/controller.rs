@@ -399,6 +399,27 @@ pub async fn answer_with(
     Ok(())
 }
 
+/// Answers every `command` of `migration` that a leader started on and
+/// never answered (it died meanwhile).
+pub async fn answer_picked(
+    client: &Client,
+    migration: &str,
+    command: &str,
+    ok: bool,
+    failed: bool,
+    text: &str,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            "update walshift.commands set answered_at = clock_timestamp(), ok = $3, answer = $4, \
+             failed = $5 where migration = $1 and command = $2 and picked_at is not null \
+             and answered_at is null",
+            &[&migration, &command, &ok, &text, &failed],
+        )
+        .await?;
+    Ok(())
+}
+
 /// Marks command `id` as started on (it can no longer be withdrawn).
 pub async fn pick(client: &Client, id: i64) -> Result<bool, tokio_postgres::Error> {
     let n = client

@@ -273,7 +273,16 @@ impl Walshift {
 
     /// Starts `walshift <args>` in the background.
     pub fn spawn(&self, args: &[&str]) -> RunProcess {
+        self.spawn_with_env(args, &[])
+    }
+
+    /// Starts `walshift <args>` in the background with extra environment
+    /// variables (test hooks).
+    pub fn spawn_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> RunProcess {
         let mut cmd = self.command(args);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn walshift run");
         let stderr = Arc::new(Mutex::new(String::new()));

@@ -53,9 +53,15 @@ async fn migration(
     let ws = Walshift::with_tables(
         db,
         target_url.as_deref(),
-        "heartbeat_interval_ms = 200\n[[tables]]\nsource = \"public.t\"\ntarget = \"shadow.t\"\n",
+        "\n[[tables]]\nsource = \"public.t\"\ntarget = \"shadow.t\"\n",
         &extra,
     );
+    let text = ws.config_text().replacen(
+        "status_interval_ms = 100\n",
+        "status_interval_ms = 100\nheartbeat_interval_ms = 200\n",
+        1,
+    );
+    std::fs::write(ws.config_path(), text).unwrap();
     ws.run_ok(&["setup"]).await;
     (ws, format!("{prefix}traffic"))
 }
@@ -199,7 +205,10 @@ impl Workload {
                             let mut l = longest.lock().unwrap();
                             *l = (*l).max(waited);
                         }
-                        Err(e) => failures.lock().unwrap().push(e.to_string()),
+                        Err(e) => failures.lock().unwrap().push(
+                            e.as_db_error()
+                                .map_or_else(|| e.to_string(), |d| d.message().to_owned()),
+                        ),
                     }
                     tokio::time::sleep(Duration::from_millis(3)).await;
                 }
@@ -313,7 +322,8 @@ async fn cutover_under_load(cross_cluster: bool) {
     assert_eq!(db_err.code().code(), "25006");
     assert_eq!(db_err.message(), "public.t moved to shadow.t by walshift migration test");
     let err = source.execute("truncate t", &[]).await.unwrap_err();
-    assert!(err.to_string().contains("moved to shadow.t"), "{err}");
+    let message = err.as_db_error().map(|e| e.message().to_owned()).unwrap_or_default();
+    assert!(message.contains("moved to shadow.t"), "{err:?}");
     // Reads of the old table go on.
     source.query_one("select count(*) from t", &[]).await.unwrap();
     // Bypassing triggers per session does not bypass the fence.
@@ -564,14 +574,54 @@ async fn kill9_at_each_step_ends_the_cutover_by_itself() {
         held.kill9().await;
         std::fs::remove_file(&file).unwrap();
         run = ws.spawn_run();
-        let (code, answer) = cutover.wait(WAIT).await;
         let forward = step == "committed";
         let want_write = if forward { "new" } else { "old" };
-        let d =
-            wait_next_decision(&sub, &format!("the recovery after kill -9 before {step}"), |d| {
-                d["write"] == want_write
-            })
-            .await;
+        let last = sub.decisions().last().map_or(0, |(_, d)| d["version"].as_i64().unwrap());
+        let found = tokio::time::timeout(WAIT, async {
+            loop {
+                if let Some((_, d)) = sub.decisions().into_iter().find(|(_, d)| {
+                    d["version"].as_i64().unwrap() > last && d["write"] == want_write
+                }) {
+                    return d;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+        let d = found.unwrap_or_else(|_| {
+            panic!("no recovery after kill -9 before {step}; log:\n{}", run.stderr())
+        });
+        let mut cutover = cutover;
+        let exited = tokio::time::timeout(Duration::from_secs(20), async {
+            while !cutover.has_exited() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+        if exited.is_err() {
+            let rows = target
+                .query("select id, command, picked_at::text, answered_at::text, answer from walshift.commands", &[])
+                .await
+                .unwrap();
+            let rows: Vec<String> = rows
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{:?} {:?} {:?} {:?} {:?}",
+                        r.get::<_, i64>(0),
+                        r.get::<_, String>(1),
+                        r.get::<_, Option<String>>(2),
+                        r.get::<_, Option<String>>(3),
+                        r.get::<_, Option<String>>(4)
+                    )
+                })
+                .collect();
+            panic!(
+                "cutover did not end after kill -9 before {step}: {rows:#?}\nrun log:\n{}",
+                run.stderr()
+            );
+        }
+        let (code, answer) = cutover.wait(WAIT).await;
         let reason = d["reason"].as_str().unwrap_or("").to_owned();
         if forward {
             assert_eq!(d["state"], "cut_over", "{d}");

@@ -299,3 +299,96 @@ delete from public.usage_events where id = ($random_id);
 \endif
 SQL
 }
+
+# --- helpers of benches/cutover_pause.sh ------------------------------------
+
+# start_redis: a redis-server (apt package) on a free loopback port, no
+# persistence, logging to $BENCH_TMP/redis.log; sets REDIS_PORT and
+# REDIS_PID and stops it on exit. Call it after walshift_process_init, so
+# that walshift stops (and releases its lease) before Redis does.
+start_redis() {
+    local i
+    REDIS_PORT="$(free_port)"
+    redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
+        --dir "$BENCH_TMP" --logfile "$BENCH_TMP/redis.log" --daemonize no &
+    REDIS_PID=$!
+    on_exit '[ -n "$REDIS_PID" ] && kill "$REDIS_PID" 2>/dev/null'
+    for i in $(seq 1 100); do
+        [ "$(redis-cli -p "$REDIS_PORT" ping 2>/dev/null)" = PONG ] && return 0
+        kill -0 "$REDIS_PID" || { echo "error: redis-server died" >&2; cat "$BENCH_TMP/redis.log" >&2; exit 1; }
+        sleep 0.1
+    done
+    echo "error: redis-server did not answer within 10 s" >&2
+    exit 1
+}
+
+# stop_walshift_rc SLOT: like stop_walshift (SIGTERM, wait, until SLOT on
+# $SRC_PORT is inactive), but for a walshift that may have exited by itself:
+# sets WS_RC to walshift's exit status instead of ending the bench (and
+# prints the log's tail when it is not 0).
+stop_walshift_rc() {
+    WS_RC=0
+    kill -TERM "$WS_PID" 2>/dev/null || true
+    wait "$WS_PID" || WS_RC=$?
+    WS_PID=""
+    wait_slot_inactive "$SRC_PORT" "$1" || true
+    if [ "$WS_RC" != 0 ]; then
+        echo "walshift run exited with $WS_RC; its log:" >&2
+        tail -n 20 "$WS_LOG" >&2
+    fi
+}
+
+# quiet_init, then wait_quiet WHAT / check_quiet WHAT around a timed
+# measurement: other heavy work on the machine (cargo builds and tests,
+# test binaries, other benches) skews timings, so wait_quiet waits for it
+# to end (at most WAIT_MAX s, default 300) and check_quiet notes if any ran
+# during the measurement (in NOT_QUIET). The bench's own process group
+# (e.g. walshift_bin's build) does not count. (The same rule as
+# benches/controller_gates.sh.)
+quiet_init() {
+    BUSY_RE='cargo (build|test|check|clippy|nextest|bench)|clippy-driver|/rustc |target/(debug|release)/deps/|benches/[a-z_]+[.]sh'
+    MY_PGID="$(ps -o pgid= $$ | tr -d ' ')"
+    NOT_QUIET=()
+    BUSY_LOG="$BENCH_TMP/busy.txt"
+    QW_PID=""
+    WAIT_MAX="${WAIT_MAX:-300}"
+    on_exit '[ -n "$QW_PID" ] && kill "$QW_PID" 2>/dev/null'
+}
+busy() {
+    local pid pg
+    for pid in $(pgrep -f -- "$BUSY_RE"); do
+        pg="$(ps -o pgid= "$pid" 2>/dev/null | tr -d ' ')" || continue
+        [ -z "$pg" ] || [ "$pg" = "$MY_PGID" ] && continue
+        ps -o args= "$pid" 2>/dev/null | cut -c1-80
+        return 0
+    done
+    return 1
+}
+wait_quiet() {
+    local t0 what
+    t0="$(now_s)"
+    if what="$(busy)"; then
+        echo "  (waiting for other work to end before: $1; e.g. $what)"
+        while busy >/dev/null; do
+            if awk "BEGIN { exit !($(now_s) - $t0 > $WAIT_MAX) }"; then
+                echo "  WARNING: other work still runs after ${WAIT_MAX} s; measuring anyway ($1)"
+                NOT_QUIET+=("$1")
+                break
+            fi
+            sleep 2
+        done
+        busy >/dev/null || echo "  (waited $(calc "$(now_s) - $t0" | awk '{printf "%.0f", $1}') s)"
+    fi
+    : >"$BUSY_LOG"
+    ( while sleep 2; do busy >>"$BUSY_LOG" || true; done ) &
+    QW_PID=$!
+}
+check_quiet() {
+    kill "$QW_PID" 2>/dev/null || true
+    QW_PID=""
+    busy >>"$BUSY_LOG" || true
+    if [ -s "$BUSY_LOG" ]; then
+        echo "  WARNING: other work ran during: $1 ($(head -n 1 "$BUSY_LOG"))"
+        NOT_QUIET+=("$1")
+    fi
+}

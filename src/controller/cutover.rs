@@ -21,7 +21,7 @@ use crate::cutover::{self as mech, Checker, CutoverStep, drain::DrainRequest, se
 use crate::lsn::Lsn;
 use crate::pg::client::{self, SessionLimits};
 use crate::runtime::shutdown::Shutdown;
-use crate::state::controller::AuditEntry;
+use crate::state::controller::{self as stored, AuditEntry};
 use crate::state::cutover::{self as record, Figures, MovedSequence, Outcome};
 use crate::telemetry::metrics as m;
 use crate::transform::Plan;
@@ -633,6 +633,16 @@ impl Controller {
             let barrier = record::cut_over_barrier(&live.client, &self.cfg.migration_name).await?;
             self.pipeline.set_cut_over_at(if state == State::CutOver { barrier } else { None });
             metrics::gauge!(m::CUTOVER_DONE).set(if state == State::CutOver { 1.0 } else { 0.0 });
+            // A request the previous leader took but never started on.
+            stored::answer_picked(
+                &live.client,
+                &self.cfg.migration_name,
+                "cutover",
+                false,
+                true,
+                "the leader stopped before the write cutover started; nothing was changed",
+            )
+            .await?;
             return Ok(None);
         }
         let tables = self.config_fenced_tables();
@@ -658,6 +668,15 @@ impl Controller {
                 .increment(1);
             metrics::gauge!(m::CUTOVER_DONE).set(1.0);
             tracing::warn!("{reason}");
+            stored::answer_picked(
+                &live.client,
+                &self.cfg.migration_name,
+                "cutover",
+                true,
+                false,
+                &reason,
+            )
+            .await?;
             self.cutover_decision(live, &change, &self.me.clone()).await
         } else {
             self.pipeline.set_cut_over_at(None);
@@ -675,6 +694,15 @@ impl Controller {
             metrics::counter!(m::CUTOVER_ATTEMPTS, m::LABEL_RESULT => "recovered_back")
                 .increment(1);
             tracing::warn!("{reason}");
+            stored::answer_picked(
+                &live.client,
+                &self.cfg.migration_name,
+                "cutover",
+                false,
+                true,
+                &reason,
+            )
+            .await?;
             self.cutover_decision(live, &change, &self.me.clone()).await
         }
     }

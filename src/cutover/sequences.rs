@@ -72,7 +72,10 @@ pub async fn find(
 }
 
 async fn last_value(client: &Client, sequence: &str) -> Result<Option<i64>, tokio_postgres::Error> {
-    client.query_one("select pg_sequence_last_value($1::text::regclass)", &[&sequence]).await?.try_get(0)
+    client
+        .query_one("select pg_sequence_last_value($1::text::regclass)", &[&sequence])
+        .await?
+        .try_get(0)
 }
 
 /// Moves every target sequence of `pairs` past its source's value (and
@@ -106,7 +109,9 @@ pub async fn advance(
             continue;
         }
         if apply {
-            target.execute("select setval($1::text::regclass, $2, true)", &[&p.target, &wanted]).await?;
+            target
+                .execute("select setval($1::text::regclass, $2, true)", &[&p.target, &wanted])
+                .await?;
         }
         moved.push(MovedSequence {
             sequence: p.target.clone(),

@@ -15,6 +15,7 @@ use crate::support::cli::{RunProcess, Walshift, expect_exit_2};
 use crate::support::pg::{ClusterOptions, PgCluster, TestDb};
 use crate::support::redis::{RedisServer, Subscriber, key_prefix};
 use crate::support::wait::wait_until;
+use walshift::runtime::tasks::spawn_named;
 
 /// The hook variable (`walshift::cutover::TEST_HOLD_ENV`).
 const HOLD_ENV: &str = "WALSHIFT_TEST_HOLD_CUTOVER";
@@ -76,16 +77,6 @@ async fn wait_decision(
     wait_until(what, timeout, async || sub.decisions().into_iter().find(|(_, d)| pred(d))).await
 }
 
-/// Waits for a decision newer than every one seen so far that satisfies `pred`.
-async fn wait_next_decision(
-    sub: &Subscriber,
-    what: &str,
-    pred: impl Fn(&serde_json::Value) -> bool,
-) -> serde_json::Value {
-    let last = sub.decisions().last().map_or(0, |(_, d)| d["version"].as_i64().unwrap());
-    wait_decision(sub, what, WAIT, |d| d["version"].as_i64().unwrap() > last && pred(d)).await.1
-}
-
 /// Reads at 100 % on new and every gate passing: `cutover --dry-run`
 /// says it would start.
 async fn ready_for_cutover(ws: &Walshift) {
@@ -140,7 +131,7 @@ struct Workload {
 }
 
 impl Workload {
-    async fn start(
+    fn start(
         source_url: String,
         target_url: String,
         sub: Arc<Subscriber>,
@@ -160,7 +151,7 @@ impl Workload {
                 Arc::clone(&sub),
             );
             let (source_url, target_url) = (source_url.clone(), target_url.clone());
-            tasks.push(tokio::spawn(async move {
+            tasks.push(spawn_named("test-workload", async move {
                 let old = crate::support::pg::connect(&source_url).await.unwrap();
                 let new = crate::support::pg::connect(&target_url).await.unwrap();
                 let mut mine: Vec<i64> = Vec::new();
@@ -268,7 +259,7 @@ async fn cutover_under_load(cross_cluster: bool) {
     let run = ws.spawn_run();
     ready_for_cutover(&ws).await;
     let target_url = target_db.as_ref().map_or_else(|| source_db.url(), TestDb::url);
-    let workload = Workload::start(source_db.url(), target_url.clone(), Arc::clone(&sub), 3).await;
+    let workload = Workload::start(source_db.url(), target_url.clone(), Arc::clone(&sub), 3);
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let output = if cross_cluster {
@@ -559,7 +550,7 @@ async fn kill9_at_each_step_ends_the_cutover_by_itself() {
     let sub = Arc::new(redis.subscribe(&channel));
     let source = source_db.client().await;
     let target = target_db.client().await;
-    let workload = Workload::start(source_db.url(), target_db.url(), Arc::clone(&sub), 1).await;
+    let workload = Workload::start(source_db.url(), target_db.url(), Arc::clone(&sub), 1);
     let mut run = ws.spawn_run();
     for step in
         ["announce", "precheck", "fence", "drain", "final_check", "sequences", "flip", "committed"]

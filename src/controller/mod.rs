@@ -183,6 +183,7 @@ struct Live {
 
 impl Controller {
     /// A controller for `cfg` led by `me`.
+    #[allow(clippy::too_many_arguments)] // each is a separate shared handle
     pub fn new(
         cfg: ValidatedConfig,
         settings: watch::Receiver<Arc<Reloadable>>,

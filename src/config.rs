@@ -2047,6 +2047,17 @@ target = "shadow.a"
     fn validation_errors() {
         let cases: &[(Mutation, &str)] = &[
             (
+                |c| c.traffic.write = WriteTarget::New,
+                "traffic.write: asks for writes on new, but there is no [redis] url: the write \
+                 cutover is run by the controller; set [redis] url or write = \"old\"",
+            ),
+            (|c| c.cutover.drain_timeout_ms = 0, "cutover.drain_timeout_ms: must be > 0"),
+            (
+                |c| c.cutover.fence_lock_timeout_ms = 6_000,
+                "cutover.fence_lock_timeout_ms: must be <= cutover.fence_timeout_ms (5000), got 6000",
+            ),
+            (|c| c.cutover.sequence_margin = -1, "cutover.sequence_margin: must be >= 0, got -1"),
+            (
                 |c| c.migration.name = String::new(),
                 r#"migration.name: "" must be 1 to 40 characters of a-z, 0-9 and _"#,
             ),

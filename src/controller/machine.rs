@@ -786,4 +786,32 @@ mod tests {
         assert_eq!(next_stage(&stages, 50, 60), 60);
         assert_eq!(next_stage(&[10, 50], 50, 80), 80);
     }
+
+    #[test]
+    fn the_write_cutover_states_ignore_gates_and_the_desired_share() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let mut m = Machine::new(Position {
+            read_new: 100,
+            state: State::Shifting,
+            ..Position::initial(now)
+        });
+        let step = m.enter(State::CutOver, 100, "cut over".into(), now);
+        assert_eq!(
+            (step.from, step.to, step.kind),
+            (State::Shifting, State::CutOver, StepKind::Decision)
+        );
+        let failing = gates(&[(GateName::LagSeconds, Verdict::Fail)]);
+        for i in 0..10 {
+            let later = now + Duration::from_secs(i);
+            assert_eq!(
+                m.evaluate(&failing, &traffic(0, OnViolation::Rollback), &cutover(0), later),
+                None
+            );
+        }
+        assert_eq!(m.position().state, State::CutOver);
+        assert_eq!(m.position().read_new, 100);
+        assert!(!m.resume(&failing, "op", now).ok);
+        assert_eq!(State::parse("cut_over"), Some(State::CutOver));
+        assert_eq!(State::parse("fenced"), Some(State::Fenced));
+    }
 }

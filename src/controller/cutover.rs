@@ -29,6 +29,12 @@ use crate::transform::Plan;
 /// Added to the fence's budget for the deadline clients hold writes until.
 const DEADLINE_SLACK: Duration = Duration::from_secs(2);
 
+/// Longest time writes can be fenced: clients hold them until now + this
+/// (`fence_deadline`); the fence's session gives up a little later.
+fn fence_budget(c: &crate::config::CutoverSettings) -> Duration {
+    c.fence_timeout + c.drain_timeout + c.final_check_timeout + DEADLINE_SLACK
+}
+
 /// What the operator (or the log) is told.
 #[derive(Debug, Clone)]
 pub(super) struct Answer {
@@ -283,29 +289,6 @@ impl Controller {
         let migration = self.cfg.migration_name.clone();
         let stopping = |step| Abort::at(step, "walshift is stopping");
 
-        // Announce.
-        mech::test_hold(CutoverStep::Announce).await;
-        record::step(&live.client, attempt, CutoverStep::Announce.as_str()).await?;
-        let budget = c.fence_timeout + c.drain_timeout + 2 * c.final_check_timeout + DEADLINE_SLACK;
-        live.write_side = "fenced".into();
-        live.fence_deadline = Some(SystemTime::now() + budget);
-        let change = live.machine.enter(
-            State::Fenced,
-            100,
-            format!("write cutover attempt {attempt} (by {by}): writes fenced; hold them"),
-            SystemTime::now(),
-        );
-        if let Some(exit) = self.cutover_decision(live, &change, by).await? {
-            return Ok(Err(Abort::at(CutoverStep::Announce, format!("deposed: {exit:?}"))));
-        }
-        if live.published < live.version {
-            let why = live.redis_problem.clone().unwrap_or_else(|| "no answer".into());
-            return Ok(Err(Abort::at(
-                CutoverStep::Announce,
-                format!("Redis did not take write \"fenced\": {why}"),
-            )));
-        }
-
         // Pre-check, under the verification lock (kept until the end).
         mech::test_hold(CutoverStep::Precheck).await;
         if stop.is_triggered() {
@@ -371,6 +354,29 @@ impl Controller {
             format!("pre-check clean: {} keys verified in {}", pre.rows, ms(pre.elapsed)),
         )
         .await?;
+
+        // Announce.
+        mech::test_hold(CutoverStep::Announce).await;
+        record::step(&live.client, attempt, CutoverStep::Announce.as_str()).await?;
+        let budget = fence_budget(c);
+        live.write_side = "fenced".into();
+        live.fence_deadline = Some(SystemTime::now() + budget);
+        let change = live.machine.enter(
+            State::Fenced,
+            100,
+            format!("write cutover attempt {attempt} (by {by}): writes fenced; hold them"),
+            SystemTime::now(),
+        );
+        if let Some(exit) = self.cutover_decision(live, &change, by).await? {
+            return Ok(Err(Abort::at(CutoverStep::Announce, format!("deposed: {exit:?}"))));
+        }
+        if live.published < live.version {
+            let why = live.redis_problem.clone().unwrap_or_else(|| "no answer".into());
+            return Ok(Err(Abort::at(
+                CutoverStep::Announce,
+                format!("Redis did not take write \"fenced\": {why}"),
+            )));
+        }
 
         // Fence.
         mech::test_hold(CutoverStep::Fence).await;
@@ -793,11 +799,11 @@ impl Controller {
                 return Answer::refused(format!("dry run: {}", crate::error::display_chain(&e)));
             }
         };
-        let budget = c.fence_timeout + c.drain_timeout + 2 * c.final_check_timeout + DEADLINE_SLACK;
-        lines.push(format!(
-            "1. announce: publish write \"fenced\" with fence_deadline = now + {:.1} s",
+        let budget = fence_budget(c);
+        let announce = format!(
+            "2. announce: publish write \"fenced\" with fence_deadline = now + {:.1} s",
             budget.as_secs_f64()
-        ));
+        );
         let dirty = self.pipeline.dirty();
         let keys = |t: usize| match &dirty {
             None => "full pass ([verify] enabled = false: changed keys are not tracked)".to_owned(),
@@ -807,12 +813,13 @@ impl Controller {
             },
         };
         lines.push(
-            "2. pre-check: incremental verification of the keys changed since the last pass:"
+            "1. pre-check: incremental verification of the keys changed since the last pass:"
                 .into(),
         );
         for t in &plan.tables {
             lines.push(format!("     {}: {}", t.target.readable(), keys(t.index)));
         }
+        lines.push(announce);
         let tables = mech::fenced_tables(&plan);
         lines.push(format!(
             "3. fence: lock table {} in exclusive mode (lock_timeout {}, retried for up to {}), \

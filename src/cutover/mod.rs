@@ -4,7 +4,7 @@
 //! ("Write cutover"):
 //!
 //! ```text
-//!  check ─▶ announce (write "fenced") ─▶ precheck ─▶ fence (lock old tables)
+//!  check ─▶ precheck ─▶ announce (write "fenced") ─▶ fence (lock old tables)
 //!    ─▶ drain (barrier applied, durably) ─▶ final_check ─▶ sequences
 //!    ─▶ flip: commit the fence (triggers) ─▶ store cut_over ─▶ publish write "new"
 //! ```
@@ -38,10 +38,10 @@ use crate::verify::{Verifier, VerifyError, VerifyOptions};
 pub enum CutoverStep {
     /// Preconditions: reads 100 % on new, every gate passing.
     Check,
+    /// Verify what changed since the last pass, before anything is fenced.
+    Precheck,
     /// Publish write "fenced" with the deadline.
     Announce,
-    /// Verify what changed since the last pass, before fencing.
-    Precheck,
     /// Lock the old tables; create the triggers (uncommitted).
     Fence,
     /// Barrier into the WAL; the applier applies past it.
@@ -58,8 +58,8 @@ impl CutoverStep {
     /// Every step, in order.
     pub const ALL: [CutoverStep; 8] = [
         CutoverStep::Check,
-        CutoverStep::Announce,
         CutoverStep::Precheck,
+        CutoverStep::Announce,
         CutoverStep::Fence,
         CutoverStep::Drain,
         CutoverStep::FinalCheck,

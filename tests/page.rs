@@ -215,7 +215,7 @@ async fn the_status_page_renders_the_live_figures_in_a_browser() {
         "[[tables]]\nsource = \"public.accounts\"\ntarget = \"shadow.accounts\"\n",
         &format!(
             "[verify]\ninterval_seconds = 1\n\n[redis]\nurl = \"{}\"\nkey_prefix = \"{}\"\n\n\
-             [traffic]\nread_new_percent = 10\nstages = [10]\n\n[cutover]\nevaluate_interval_ms = 200\n\
+             [traffic]\nread_new_percent = 10\nstages = [10, 100]\n\n[cutover]\nevaluate_interval_ms = 200\n\
              min_soak_seconds = 0\n",
             RedisServer::shared().url(),
             key_prefix()
@@ -301,6 +301,28 @@ async fn the_status_page_renders_the_live_figures_in_a_browser() {
         .unwrap_or_else(|e| panic!("no screenshot at {}: {e}", png.display()))
         .len();
     assert!(size > 10 * 1024, "the screenshot {} has only {size} bytes", png.display());
+
+    // The write cutover: reads to 100 %, then `walshift cutover`; the page
+    // shows the attempt and its figures.
+    let config = ws.config_text().replace("read_new_percent = 10\n", "read_new_percent = 100\n");
+    std::fs::write(ws.config_path(), config).unwrap();
+    wait_until("the cutover to be allowed", WAIT, async || {
+        (ws.run(&["cutover", "--dry-run"]).await.status.code() == Some(0)).then_some(())
+    })
+    .await;
+    ws.run_ok(&["cutover"]).await;
+    loop {
+        let dom = dom_now(&url).await;
+        let shown = by_id(&dom, "write-cutover", "dl").map(|f| text(&f));
+        match shown {
+            Ok(t) if t.contains("cut_over") && t.contains("write pause") && t.contains(" ms") => break,
+            other if started.elapsed() < WAIT * 3 => {
+                eprintln!("status page, write cutover: {other:?}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            other => panic!("the page does not show the write cutover: {other:?}"),
+        }
+    }
 
     let (code, log) = run.stop().await;
     assert_eq!(code, Some(0), "{log}");

@@ -1,7 +1,9 @@
 //! The README's run command: `walshift demo` on its own throwaway PostgreSQL
 //! cluster and `redis-server`: backfill, stream, the cutover walk-through
-//! (stages, a fault, the rollback, the repair, `resume`, 100 %), and nothing
-//! left behind — also when interrupted.
+//! (stages, a fault, the rollback, the repair, `resume`, 100 %), the write
+//! cutover under the running workload (the pause, an old table rejecting a
+//! write, every acknowledged write in `billing_new`), and nothing left
+//! behind — also when interrupted.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -92,6 +94,18 @@ fn read_new(d: &serde_json::Value) -> i64 {
     d["read"]["new"].as_i64().unwrap_or(-1)
 }
 
+/// The number (thousands grouped with commas) right after `prefix` in the
+/// first line holding it.
+fn number_after(stderr: &str, prefix: &str) -> f64 {
+    stderr
+        .lines()
+        .find_map(|l| l.split_once(prefix).map(|(_, rest)| rest))
+        .and_then(|rest| rest.split_whitespace().next())
+        .map(|n| n.trim_end_matches(',').replace(',', ""))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no number after {prefix:?} in:\n{stderr}"))
+}
+
 /// Read shares on new of the `shifting` decisions, in order.
 fn shifting_stages(ds: &[serde_json::Value]) -> Vec<i64> {
     ds.iter().filter(|d| d["state"] == "shifting").map(read_new).collect()
@@ -118,12 +132,13 @@ fn assert_nothing_left(stderr: &str) {
 }
 
 #[tokio::test]
-async fn demo_walks_the_cutover_through_a_fault_and_a_rollback_to_100_percent_and_cleans_up() {
+async fn demo_walks_through_a_fault_and_a_rollback_to_the_write_cutover_and_cleans_up() {
     let (code, stderr) =
         watch(spawn_demo(&["--duration-secs", "2"], &[]), DEMO_TIMEOUT, |_| false).await;
     assert_eq!(code, Some(0), "stderr: {stderr}");
 
-    // Backfill and stream: the shadow tables equal transform(source).
+    // Backfill and stream: the shadow tables equal transform(source) (but
+    // for the keys the workload wrote on new after the cutover).
     for table in ["organizations", "usage_events", "invoices"] {
         let line = format!("equal to transform(public.{table}) row for row");
         assert!(stderr.contains(&line), "missing {line:?} in:\n{stderr}");
@@ -167,10 +182,46 @@ async fn demo_walks_the_cutover_through_a_fault_and_a_rollback_to_100_percent_an
     let resume = stderr.find("operator: walshift resume -> re-armed").expect("the resume answer");
     assert!(rollback_json < resume, "{stderr}");
     assert_eq!(shifting_stages(&ds[rolled..]), [10, 50, 90, 100], "{stderr}");
-    let last = ds.last().unwrap();
-    assert_eq!((last["state"].as_str(), read_new(last)), (Some("shifting"), 100), "{stderr}");
-    assert!(stderr.contains("reads on new at the end: 100 %"), "{stderr}");
     assert!(stderr.contains("fault to rollback: "), "{stderr}");
+
+    // Then the write cutover: writes old until 100 % new, fenced (with a
+    // deadline), then new; the last two decisions.
+    let fenced = at("fenced").unwrap_or_else(|| panic!("no fenced decision:\n{stderr}"));
+    assert_eq!(states[fenced..], ["fenced", "cut_over"], "{stderr}");
+    assert_eq!(read_new(&ds[fenced - 1]), 100, "fenced before 100 % new:\n{stderr}");
+    assert!(ds[..fenced].iter().all(|d| d["write"] == "old"), "{stderr}");
+    assert_eq!(ds[fenced]["write"], "fenced");
+    assert!(ds[fenced]["fence_deadline"].as_str().is_some_and(|t| t.ends_with('Z')), "{stderr}");
+    let last = ds.last().unwrap();
+    assert_eq!((last["write"].as_str(), read_new(last)), (Some("new"), 100), "{stderr}");
+    assert!(last.get("fence_deadline").is_none(), "{last}");
+    let asked = stderr.find("operator: walshift cutover (").expect("the cutover is asked for");
+    let fenced_json = stderr.find("\"state\":\"fenced\"").expect("the fenced decision's JSON");
+    assert!(asked < fenced_json, "{stderr}");
+    for step in ["leader: fence held: ", "leader: drained: ", "leader: final check clean: "] {
+        assert!(stderr.contains(step), "missing {step:?} in:\n{stderr}");
+    }
+    assert!(stderr.contains("operator: walshift cutover -> cut over: "), "{stderr}");
+    // The measured pause.
+    let pause = number_after(&stderr, "measured write pause: ");
+    assert!(pause > 0.0 && pause < 10_000.0, "pause {pause} ms:\n{stderr}");
+    assert!(stderr.contains("write cutover: writes paused "), "{stderr}");
+    // An old table rejects a write, naming the new one.
+    let rejected = stderr
+        .find(
+            "a write to an old table now fails: insert into public.usage_events -> ERROR 25006: \
+             public.usage_events moved to billing_new.usage_events by walshift migration demo",
+        )
+        .unwrap_or_else(|| panic!("no rejected write:\n{stderr}"));
+    let cut_over_json = stderr.find("\"state\":\"cut_over\"").expect("the cut_over JSON");
+    assert!(cut_over_json < rejected, "{stderr}");
+    // Every acknowledged write, on either side of the flip, is in billing_new.
+    let before = number_after(&stderr, "every acknowledged write is in billing_new: ");
+    let old_keys = number_after(&stderr, "before the flip (on the old tables; ");
+    let after = number_after(&stderr, "keys equal to transform(source)), ");
+    assert!(before > 0.0 && old_keys > 0.0 && after > 0.0, "{stderr}");
+    assert!(stderr.contains(" after it (on billing_new; "), "{stderr}");
+    assert!(stderr.contains("reads on new at the end: 100 %, writes: new"), "{stderr}");
 
     assert_nothing_left(&stderr);
 }

@@ -315,7 +315,9 @@ async fn the_status_page_renders_the_live_figures_in_a_browser() {
         let dom = dom_now(&url).await;
         let shown = by_id(&dom, "write-cutover", "dl").map(|f| text(&f));
         match shown {
-            Ok(t) if t.contains("cut_over") && t.contains("write pause") && t.contains(" ms") => break,
+            Ok(t) if t.contains("cut_over") && t.contains("write pause") && t.contains(" ms") => {
+                break;
+            }
             other if started.elapsed() < WAIT * 3 => {
                 eprintln!("status page, write cutover: {other:?}");
                 tokio::time::sleep(Duration::from_millis(500)).await;

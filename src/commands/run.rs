@@ -273,6 +273,7 @@ pub async fn run_with(
             dirty: Arc::clone(dirty),
             repairs: shared.repair_tx.clone(),
             lock: Arc::clone(&options.pipeline.verify_lock),
+            pipeline: Arc::clone(&options.pipeline),
         };
         spawn_named("verify", verify::periodic::run(periodic, shutdown.clone()))
     });

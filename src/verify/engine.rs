@@ -304,9 +304,14 @@ impl Verifier {
         let path = if ct.ship { "ship" } else { "source" };
         let migration = self.options.migration.clone();
         let runner = self.options.runner;
+        let mut drop_dirty = false;
         let dirty = match (kind, explicit, &self.dirty) {
             (PassKind::Incremental, Some(keys), _) => Dirty::Keys(keys),
             (PassKind::Incremental, None, Some(d)) => d.take(t),
+            (PassKind::Full, None, Some(_)) => {
+                drop_dirty = true;
+                Dirty::All
+            }
             _ => Dirty::All,
         };
         let kind = if dirty == Dirty::All { PassKind::Full } else { kind };
@@ -318,6 +323,14 @@ impl Verifier {
             .find(|s| s.target_table == target_name)
             .and_then(|s| s.pass.clone())
             .filter(|p| p.kind == PassKind::Full && kind == PassKind::Full);
+        // A full pass from the first key compares every key at a time after
+        // this instant: what changed before it needs no incremental pass
+        // (a resumed pass compared its first chunks earlier: kept).
+        if drop_dirty && resume.is_none() {
+            if let Some(d) = &self.dirty {
+                let _ = d.take(t);
+            }
+        }
         let mut counters = PassCounters::default();
         let mut cursor = None;
         match &resume {

@@ -281,6 +281,9 @@ pub struct Applier {
     /// A worker did work and the stream has not had its turn since: what
     /// it queued meanwhile is applied before the next step.
     stream_turn: bool,
+    /// Notified when work arrives for a worker (a drain request): the
+    /// workers get a turn at once, not only after the next stream item.
+    work_arrived: Arc<tokio::sync::Notify>,
     /// Where the lag is computed (shared with pacing and status).
     lag: Arc<Lag>,
     /// Row changes in the open batch per table and op (insert, update,
@@ -338,6 +341,7 @@ impl Applier {
             work: Vec::new(),
             applied: checkpoint,
             stream_turn: false,
+            work_arrived: Arc::default(),
             lag: Arc::new(Lag::default()),
             op_counts: vec![[0; 3]; op_counters.len()],
             op_counters,
@@ -355,6 +359,13 @@ impl Applier {
     pub fn with_lag(mut self, lag: Arc<Lag>) -> Self {
         lag.applied(self.applied, None);
         self.lag = lag;
+        self
+    }
+
+    /// Gives the workers a turn whenever `notify` is notified (work for
+    /// them arrived), even while no stream item comes.
+    pub fn with_work_notify(mut self, notify: Arc<tokio::sync::Notify>) -> Self {
+        self.work_arrived = notify;
         self
     }
 
@@ -417,6 +428,7 @@ impl Applier {
                     continue;
                 }
                 () = sleep_until_opt(work_wake), if self.batch.is_none() => continue,
+                () = self.work_arrived.notified(), if self.batch.is_none() => continue,
                 () = shutdown.wait() => None,
             };
             let Some(chunk) = chunk else { break };

@@ -552,7 +552,8 @@ async fn session(
     let mut applier = applier
         .with_lag(Arc::clone(&shared.lag))
         .with_work(Box::new(backfill_work))
-        .with_work(Box::new(DrainHook::new(Arc::clone(&shared.pipeline.drain_queue))));
+        .with_work(Box::new(DrainHook::new(Arc::clone(&shared.pipeline.drain_queue))))
+        .with_work_notify(Arc::clone(&shared.pipeline.work_arrived));
     if let Some(dirty) = &shared.dirty {
         let mut hook = VerifyHook::new(Arc::clone(&plan), Arc::clone(dirty));
         if let Some(queue) = &shared.repair_queue {

@@ -436,6 +436,7 @@ impl Controller {
                 "the applier has a drain queued already",
             )));
         }
+        self.pipeline.work_arrived.notify_one();
         let drained = tokio::time::timeout(c.drain_timeout, done_rx).await;
         let applied = match drained {
             Ok(Ok(Ok(applied))) => applied,

@@ -30,6 +30,8 @@ pub struct PipelineHandle {
     pub drain_tx: mpsc::Sender<DrainRequest>,
     /// Where the applier takes them from.
     pub drain_queue: DrainQueue,
+    /// Wakes the applier's workers (after a drain request is queued).
+    pub work_arrived: Arc<tokio::sync::Notify>,
     /// Exclusive use of verification.
     pub verify_lock: Arc<tokio::sync::Mutex<()>>,
     dirty: Mutex<Option<Arc<DirtyKeys>>>,
@@ -43,6 +45,7 @@ impl Default for PipelineHandle {
         PipelineHandle {
             drain_tx,
             drain_queue,
+            work_arrived: Arc::default(),
             verify_lock: Arc::default(),
             dirty: Mutex::default(),
             cut_over_at: AtomicU64::new(0),

@@ -418,7 +418,7 @@ impl Controller {
         // Drain to a barrier written after the lock was granted: every
         // write committed to the old tables before the fence is before it.
         mech::test_hold(CutoverStep::Drain).await;
-        let barrier = match crate::verify::position::write_barrier(checker.source()).await {
+        let barrier = match fence::write_barrier(checker.source()).await {
             Ok(lsn) => lsn,
             Err(e) => {
                 return Ok(Err(Abort::at(

@@ -14,7 +14,9 @@
 //!   installs them and releases the locks at the same instant, so a writer
 //!   that waited on the lock runs into the trigger. The commit is the commit
 //!   point of the write cutover (`docs/cutover.md`).
-//! * The session runs with `idle_in_transaction_session_timeout`, so a fence
+//! * The session runs with `synchronous_commit = on` (the commit is durable
+//!   before walshift publishes write "new", whatever the server's default)
+//!   and `idle_in_transaction_session_timeout`, so a fence
 //!   whose walshift died without closing the socket (host gone) releases
 //!   the tables by itself; a restarted walshift also terminates it.
 
@@ -152,7 +154,9 @@ pub async fn take(
         .map_err(|e| FenceError::Connect(crate::error::display_chain(&e)))?;
     client
         .batch_execute(&format!(
-            "set idle_in_transaction_session_timeout = {}",
+            // The commit is the cutover's commit point: flushed before it
+            // returns, whatever the server's default.
+            "set idle_in_transaction_session_timeout = {}; set synchronous_commit = on",
             spec.idle_timeout.as_millis().max(1)
         ))
         .await
@@ -313,6 +317,27 @@ pub async fn installed(
         .await?
         .try_get(0)?;
     Ok(usize::try_from(n).unwrap_or(0))
+}
+
+/// Writes the cutover's barrier into the source WAL, committed with
+/// `synchronous_commit = on`: the walsender sends only flushed WAL, so an
+/// asynchronous commit would wait for the WAL writer (up to
+/// `wal_writer_delay`, 200 ms by default) before the stream could see it.
+pub async fn write_barrier(client: &Client) -> Result<crate::lsn::Lsn, tokio_postgres::Error> {
+    client.batch_execute("begin; set local synchronous_commit = on").await?;
+    let row = client
+        .query_one("select pg_logical_emit_message(true, 'walshift', 'cutover barrier')", &[])
+        .await;
+    let row = match row {
+        Ok(row) => row,
+        Err(e) => {
+            let _ = client.batch_execute("rollback").await;
+            return Err(e);
+        }
+    };
+    client.batch_execute("commit").await?;
+    let lsn: tokio_postgres::types::PgLsn = row.try_get(0)?;
+    Ok(crate::lsn::Lsn(u64::from(lsn)))
 }
 
 /// Terminates fence sessions of `migration` left by a walshift that is

@@ -374,7 +374,13 @@ async fn rollback_on_divergence_even_when_repaired() {
     let (ws, channel) =
         migration(&db, redis, 100, "read_new_percent = 10\nstages = [10]", "min_soak_seconds = 0")
             .await;
-    let text = ws.config_text().replace("[verify]\n", "[verify]\nrepair = true\n");
+    // Passes every 3 s: the gate fails from the confirmed difference until
+    // the next clean full pass, a window that must hold `failure_threshold`
+    // evaluations even on a loaded machine (1 s passes left about 0.8 s).
+    let text = ws.config_text().replace("[verify]\n", "[verify]\nrepair = true\n").replace(
+        "interval_seconds = 1\nfull_pass_interval_seconds = 1",
+        "interval_seconds = 3\nfull_pass_interval_seconds = 3",
+    );
     std::fs::write(ws.config_path(), text).unwrap();
     let sub = redis.subscribe(&channel);
     let run = ws.spawn_run();

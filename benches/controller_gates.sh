@@ -145,16 +145,7 @@ echo "clusters: source $SRC_PORT, target $TGT_PORT; redis-server $(redis-server 
 
 psql_at "$SRC_PORT" -d postgres <<SQL
 $(usage_events_identity_ddl public)
-insert into public.usage_events (org_id, event_type, quantity, amount_cents, occurred_at, payload)
-select 1 + g * 7919 % 1000,
-       (array['api_call', 'api_call', 'storage_gb_hour', 'egress_gb', 'seat_day', 'build_minute'])[1 + g % 6],
-       round((g * 31 % 100000) / 7.0, 6),
-       g * 37 % 100000,
-       timestamptz '2026-01-01 00:00:00+00' + g * interval '1.5 second',
-       case when g % 10 = 0 then null
-            else jsonb_build_object('region', 'eu-' || (g % 5), 'sku', 'sku-' || (g % 37))
-       end
-from generate_series(1::bigint, $PREPOP) g;
+$(usage_events_rows_sql "$PREPOP")
 vacuum analyze public.usage_events;
 SQL
 psql_at "$TGT_PORT" -d postgres -c "create schema shadow" -c "$(usage_events_identity_ddl shadow)"
@@ -211,57 +202,7 @@ digest() {
 }
 applied_sql() { echo "select coalesce((select applied_lsn from walshift.progress where migration = '$1'), '0/0')"; }
 
-# wait_quiet WHAT / check_quiet WHAT: other heavy work on these 2 cores
-# (cargo builds and tests, test binaries, other benches) skews timings: wait
-# for it to end before a timed measurement (at most WAIT_MAX s), and note
-# if any ran during it. Our own process group (e.g. walshift_bin's build)
-# does not count.
-BUSY_RE='cargo (build|test|check|clippy|nextest|bench)|clippy-driver|/rustc |target/(debug|release)/deps/|benches/[a-z_]+[.]sh'
-MY_PGID="$(ps -o pgid= $$ | tr -d ' ')"
-NOT_QUIET=()
-busy() {
-    local pid pg
-    for pid in $(pgrep -f -- "$BUSY_RE"); do
-        pg="$(ps -o pgid= "$pid" 2>/dev/null | tr -d ' ')" || continue
-        [ -z "$pg" ] || [ "$pg" = "$MY_PGID" ] && continue
-        ps -o args= "$pid" 2>/dev/null | cut -c1-80
-        return 0
-    done
-    return 1
-}
-BUSY_LOG="$BENCH_TMP/busy.txt"
-QW_PID=""
-on_exit '[ -n "$QW_PID" ] && kill "$QW_PID" 2>/dev/null'
-wait_quiet() {
-    local t0 what
-    t0="$(now_s)"
-    if what="$(busy)"; then
-        echo "  (waiting for other work to end before: $1; e.g. $what)"
-        while busy >/dev/null; do
-            if awk "BEGIN { exit !($(now_s) - $t0 > $WAIT_MAX) }"; then
-                echo "  WARNING: other work still runs after ${WAIT_MAX} s; measuring anyway ($1)"
-                NOT_QUIET+=("$1")
-                break
-            fi
-            sleep 2
-        done
-        busy >/dev/null || echo "  (waited $(calc "$(now_s) - $t0" | awk '{printf "%.0f", $1}') s)"
-    fi
-    # Then look every 2 s while the measurement runs.
-    : >"$BUSY_LOG"
-    ( while sleep 2; do busy >>"$BUSY_LOG" || true; done ) &
-    QW_PID=$!
-}
-check_quiet() {
-    local what
-    kill "$QW_PID" 2>/dev/null || true
-    QW_PID=""
-    busy >>"$BUSY_LOG" || true
-    if [ -s "$BUSY_LOG" ]; then
-        echo "  WARNING: other work ran during: $1 ($(head -n 1 "$BUSY_LOG"))"
-        NOT_QUIET+=("$1")
-    fi
-}
+quiet_init
 
 FAILED=0
 SUMMARY="$BENCH_TMP/summary.txt"
@@ -469,15 +410,8 @@ fi
 # --- summary -----------------------------------------------------------------
 
 echo
-WS_PROBLEMS="$(grep -cE ' (WARN|ERROR) ' "$WS_LOG" || true)"
-echo "walshift log: $WS_PROBLEMS WARN/ERROR lines"
-grep -E ' (WARN|ERROR) ' "$WS_LOG" | head -n 5 || true
+walshift_log_problems
 echo
 echo "=== summary (walshift $REV at start; 2 clusters + redis-server, fsync=off, synchronous_commit=off; $(nproc) cores) ==="
 cat "$SUMMARY"
-if (( ${#NOT_QUIET[@]} )); then
-    echo "NOTE: other heavy work (builds, tests, benches) ran during: $(printf '%s\n' "${NOT_QUIET[@]}" | awk '!seen[$0]++' | paste -sd ';' | sed 's/;/; /g') (figures may be skewed)"
-fi
-printf 'bench took %.0f s; load average at the end: %s\n' "$(calc "$(now_s) - $SCRIPT_T0")" "$(cut -d' ' -f1-3 /proc/loadavg)"
-(( FAILED == 0 )) && echo "result: PASS" || echo "result: FAIL"
-(( FAILED == 0 ))
+bench_footer

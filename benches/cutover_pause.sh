@@ -164,16 +164,7 @@ prepare_tables() {
 set client_min_messages = warning;
 drop table if exists public.usage_events;
 $(usage_events_identity_ddl public)
-insert into public.usage_events (org_id, event_type, quantity, amount_cents, occurred_at, payload)
-select 1 + g * 7919 % 1000,
-       (array['api_call', 'api_call', 'storage_gb_hour', 'egress_gb', 'seat_day', 'build_minute'])[1 + g % 6],
-       round((g * 31 % 100000) / 7.0, 6),
-       g * 37 % 100000,
-       timestamptz '2026-01-01 00:00:00+00' + g * interval '1.5 second',
-       case when g % 10 = 0 then null
-            else jsonb_build_object('region', 'eu-' || (g % 5), 'sku', 'sku-' || (g % 37))
-       end
-from generate_series(1::bigint, $PREPOP) g;
+$(usage_events_rows_sql "$PREPOP")
 grant select, insert on public.usage_events to $APP_ROLE;
 alter role $APP_ROLE reset default_transaction_read_only;
 vacuum analyze public.usage_events;
@@ -573,16 +564,9 @@ if [ -s "$AN_ROWS" ]; then
 fi
 
 echo
-WS_PROBLEMS="$(grep -cE ' (WARN|ERROR) ' "$WS_LOG" || true)"
-echo "walshift log: $WS_PROBLEMS WARN/ERROR lines"
-grep -E ' (WARN|ERROR) ' "$WS_LOG" | head -n 5 || true
+walshift_log_problems
 echo
 echo "=== summary (walshift $REV at start; 2 clusters + redis-server, fsync=off, synchronous_commit=off; $(nproc) cores) ==="
 cat "$BENCH_TMP/tables.txt"
 cat "$SUMMARY"
-if (( ${#NOT_QUIET[@]} )); then
-    echo "NOTE: other heavy work (builds, tests, benches) ran during: $(printf '%s\n' "${NOT_QUIET[@]}" | awk '!seen[$0]++' | paste -sd ';' | sed 's/;/; /g') (figures may be skewed)"
-fi
-printf 'bench took %.0f s; load average at the end: %s\n' "$(calc "$(now_s) - $SCRIPT_T0")" "$(cut -d' ' -f1-3 /proc/loadavg)"
-(( FAILED == 0 )) && echo "result: PASS" || echo "result: FAIL"
-(( FAILED == 0 ))
+bench_footer

@@ -53,7 +53,7 @@ async fn migration(
 }
 
 /// Waits until a published decision satisfies `pred`; returns it.
-async fn wait_decision(
+pub(crate) async fn wait_decision(
     sub: &Subscriber,
     what: &str,
     timeout: Duration,

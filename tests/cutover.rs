@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 
 use crate::backfill::WAIT;
+use crate::controller::wait_decision;
 use crate::support::cli::{RunProcess, Walshift, expect_exit_2};
 use crate::support::pg::{ClusterOptions, PgCluster, TestDb};
 use crate::support::redis::{RedisServer, Subscriber, key_prefix};
@@ -65,16 +66,6 @@ async fn migration(
     std::fs::write(ws.config_path(), text).unwrap();
     ws.run_ok(&["setup"]).await;
     (ws, format!("{prefix}traffic"))
-}
-
-/// Waits until a published decision satisfies `pred`; returns it.
-async fn wait_decision(
-    sub: &Subscriber,
-    what: &str,
-    timeout: Duration,
-    pred: impl Fn(&serde_json::Value) -> bool,
-) -> (Instant, serde_json::Value) {
-    wait_until(what, timeout, async || sub.decisions().into_iter().find(|(_, d)| pred(d))).await
 }
 
 /// Reads at 100 % on new and every gate passing: `cutover --dry-run`

@@ -182,6 +182,23 @@ create table $1.usage_events (
 SQL
 }
 
+# usage_events_rows_sql N: inserts N rows of the seed billing shape into
+# public.usage_events (deterministic: every run gets the same data).
+usage_events_rows_sql() {
+    cat <<SQL
+insert into public.usage_events (org_id, event_type, quantity, amount_cents, occurred_at, payload)
+select 1 + g * 7919 % 1000,
+       (array['api_call', 'api_call', 'storage_gb_hour', 'egress_gb', 'seat_day', 'build_minute'])[1 + g % 6],
+       round((g * 31 % 100000) / 7.0, 6),
+       g * 37 % 100000,
+       timestamptz '2026-01-01 00:00:00+00' + g * interval '1.5 second',
+       case when g % 10 = 0 then null
+            else jsonb_build_object('region', 'eu-' || (g % 5), 'sku', 'sku-' || (g % 37))
+       end
+from generate_series(1::bigint, $1) g;
+SQL
+}
+
 # walshift_process_init: WS_PID and WS_LOG ($BENCH_TMP/walshift.log) for
 # start_walshift / stop_walshift; a running walshift is killed on exit.
 walshift_process_init() {
@@ -343,8 +360,7 @@ stop_walshift_rc() {
 # test binaries, other benches) skews timings, so wait_quiet waits for it
 # to end (at most WAIT_MAX s, default 300) and check_quiet notes if any ran
 # during the measurement (in NOT_QUIET). The bench's own process group
-# (e.g. walshift_bin's build) does not count. (The same rule as
-# benches/controller_gates.sh.)
+# (e.g. walshift_bin's build) does not count.
 quiet_init() {
     BUSY_RE='cargo (build|test|check|clippy|nextest|bench)|clippy-driver|/rustc |target/(debug|release)/deps/|benches/[a-z_]+[.]sh'
     MY_PGID="$(ps -o pgid= $$ | tr -d ' ')"
@@ -391,4 +407,24 @@ check_quiet() {
         echo "  WARNING: other work ran during: $1 ($(head -n 1 "$BUSY_LOG"))"
         NOT_QUIET+=("$1")
     fi
+}
+
+# walshift_log_problems: counts the WARN/ERROR lines of $WS_LOG and shows
+# the first five.
+walshift_log_problems() {
+    WS_PROBLEMS="$(grep -cE ' (WARN|ERROR) ' "$WS_LOG" || true)"
+    echo "walshift log: $WS_PROBLEMS WARN/ERROR lines"
+    grep -E ' (WARN|ERROR) ' "$WS_LOG" | head -n 5 || true
+}
+
+# bench_footer: the end of a summary: the measurements other work ran
+# during (NOT_QUIET), the bench's duration (from SCRIPT_T0) and the result
+# (FAILED); returns non-zero when a check was missed.
+bench_footer() {
+    if (( ${#NOT_QUIET[@]} )); then
+        echo "NOTE: other heavy work (builds, tests, benches) ran during: $(printf '%s\n' "${NOT_QUIET[@]}" | awk '!seen[$0]++' | paste -sd ';' | sed 's/;/; /g') (figures may be skewed)"
+    fi
+    printf 'bench took %.0f s; load average at the end: %s\n' "$(calc "$(now_s) - $SCRIPT_T0")" "$(cut -d' ' -f1-3 /proc/loadavg)"
+    (( FAILED == 0 )) && echo "result: PASS" || echo "result: FAIL"
+    (( FAILED == 0 ))
 }

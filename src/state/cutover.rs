@@ -232,15 +232,7 @@ pub async fn open(
     client: &Client,
     migration: &str,
 ) -> Result<Option<Attempt>, tokio_postgres::Error> {
-    if !table_exists(client).await? {
-        return Ok(None);
-    }
-    let sql = format!(
-        "select {} from walshift.cutover_attempts where migration = $1 and outcome is null \
-         order by id desc limit 1",
-        columns()
-    );
-    client.query_opt(&sql, &[&migration]).await?.as_ref().map(from_row).transpose()
+    newest(client, migration, "and outcome is null").await
 }
 
 /// The newest attempt of `migration`.
@@ -248,11 +240,21 @@ pub async fn latest(
     client: &Client,
     migration: &str,
 ) -> Result<Option<Attempt>, tokio_postgres::Error> {
+    newest(client, migration, "").await
+}
+
+/// The newest attempt of `migration` matching `and_where` (SQL, fixed text).
+async fn newest(
+    client: &Client,
+    migration: &str,
+    and_where: &'static str,
+) -> Result<Option<Attempt>, tokio_postgres::Error> {
     if !table_exists(client).await? {
         return Ok(None);
     }
     let sql = format!(
-        "select {} from walshift.cutover_attempts where migration = $1 order by id desc limit 1",
+        "select {} from walshift.cutover_attempts where migration = $1 {and_where} \
+         order by id desc limit 1",
         columns()
     );
     client.query_opt(&sql, &[&migration]).await?.as_ref().map(from_row).transpose()

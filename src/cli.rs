@@ -31,7 +31,7 @@ pub enum Command {
     /// Check the source and create the publication, the replication slot and
     /// walshift's state schema on the target. Idempotent; creates nothing if
     /// a check fails.
-    Setup,
+    Setup(SetupArgs),
     /// Drop the replication slot, the publication and the state schema.
     /// Without --yes, only lists what would be dropped.
     Teardown(TeardownArgs),
@@ -84,6 +84,17 @@ pub struct DemoArgs {
     /// start moving to the new tables (it runs until the walk-through ends).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub duration_secs: u64,
+}
+
+/// Arguments of `setup`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SetupArgs {
+    /// Print, instead of setting up, the SQL the owner of the old tables
+    /// runs so that walshift's source role needs no ownership: the
+    /// publication, SELECT grants and the write cutover's fence functions
+    /// (docs/security.md). Creates nothing.
+    #[arg(long)]
+    pub print_owner_sql: bool,
 }
 
 /// Arguments of `backfill`.

@@ -75,6 +75,12 @@ pub const DEFAULT_STATUS_INTERVAL_MS: u64 = 10_000;
 /// Connection timeout when neither the config nor the URL
 /// (`connect_timeout`) gives one.
 pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 10_000;
+/// A connection that owes a reply and hears nothing from the server for this
+/// long is treated as dead and reopened (like the server's
+/// `wal_receiver_timeout`): on the replication connection, a status update
+/// asking for a reply goes out at half of it, so an idle but healthy server
+/// always answers in time.
+pub const DEFAULT_RECEIVE_TIMEOUT_MS: u64 = 60_000;
 /// Upper bound of the exponential back-off between reconnect attempts.
 pub const DEFAULT_RECONNECT_MAX_BACKOFF_MS: u64 = 30_000;
 /// How often `run` writes a heartbeat message into the source WAL: it keeps
@@ -242,6 +248,9 @@ pub struct SourceConfig {
     /// [`DEFAULT_CONNECT_TIMEOUT_MS`] when neither is set.
     #[serde(default)]
     pub connect_timeout_ms: Option<u64>,
+    /// See [`DEFAULT_RECEIVE_TIMEOUT_MS`].
+    #[serde(default = "default_receive_timeout_ms")]
+    pub receive_timeout_ms: u64,
     /// See [`DEFAULT_RECONNECT_MAX_BACKOFF_MS`].
     #[serde(default = "default_reconnect_max_backoff_ms")]
     pub reconnect_max_backoff_ms: u64,
@@ -251,7 +260,7 @@ pub struct SourceConfig {
 }
 
 /// `[target]`: where the shadow tables live.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TargetConfig {
     /// Default: the source URL (a same-database migration).
@@ -260,6 +269,19 @@ pub struct TargetConfig {
     /// Like `source.connect_timeout_ms`.
     #[serde(default)]
     pub connect_timeout_ms: Option<u64>,
+    /// Like `source.receive_timeout_ms`.
+    #[serde(default = "default_receive_timeout_ms")]
+    pub receive_timeout_ms: u64,
+}
+
+impl Default for TargetConfig {
+    fn default() -> Self {
+        TargetConfig {
+            url: None,
+            connect_timeout_ms: None,
+            receive_timeout_ms: DEFAULT_RECEIVE_TIMEOUT_MS,
+        }
+    }
 }
 
 /// One `[[tables]]` entry.
@@ -452,6 +474,16 @@ pub struct RedisConfig {
     /// Prefix of every key; default `walshift:<migration.name>:`.
     #[serde(default)]
     pub key_prefix: Option<String>,
+    /// PEM file of the CA certificate(s) the server's certificate must chain
+    /// to (`rediss://` only); none: the system's trust store.
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
+    /// PEM client certificate for mutual TLS (with `tls_key_file`).
+    #[serde(default)]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of `tls_cert_file`.
+    #[serde(default)]
+    pub tls_key_file: Option<PathBuf>,
 }
 
 /// `[traffic]`: the read split the operator asks for. Reloadable while
@@ -721,6 +753,10 @@ fn default_max_lag_seconds() -> u64 {
 fn default_parallelism() -> u32 {
     DEFAULT_PARALLELISM
 }
+fn default_receive_timeout_ms() -> u64 {
+    DEFAULT_RECEIVE_TIMEOUT_MS
+}
+
 fn default_metrics_listen() -> String {
     DEFAULT_METRICS_LISTEN.to_owned()
 }
@@ -926,6 +962,10 @@ pub struct RedisSettings {
     pub url: Option<Secret>,
     /// Prefix of every key walshift writes.
     pub key_prefix: String,
+    /// CA certificate file for `rediss://` (none: the system's trust store).
+    pub tls_ca_file: Option<PathBuf>,
+    /// Client certificate and key files for mutual TLS.
+    pub tls_client: Option<(PathBuf, PathBuf)>,
 }
 
 /// `[traffic]`, resolved.
@@ -1266,6 +1306,8 @@ impl Config {
         let mut source_url = parse_url("source.url", &source.url, env)?;
         positive_opt("source.connect_timeout_ms", source.connect_timeout_ms)?;
         resolve_connect_timeout(&mut source_url, source.connect_timeout_ms);
+        positive("source.receive_timeout_ms", source.receive_timeout_ms)?;
+        source_url.receive_timeout = Some(Duration::from_millis(source.receive_timeout_ms));
         let slot = source.slot.unwrap_or_else(|| default_object_name.clone());
         check_object_name("source.slot", &slot, "replication slot")?;
         let publication = source.publication.unwrap_or(default_object_name);
@@ -1285,6 +1327,8 @@ impl Config {
             }
         };
         resolve_connect_timeout(&mut target_url, target.connect_timeout_ms);
+        positive("target.receive_timeout_ms", target.receive_timeout_ms)?;
+        target_url.receive_timeout = Some(Duration::from_millis(target.receive_timeout_ms));
         let same_database = same_as_source || target_url.same_database(&source_url);
 
         // [[tables]]
@@ -1425,11 +1469,12 @@ impl Config {
                 ));
             }
         }
-        let key_prefix = redis.key_prefix.unwrap_or_else(|| format!("walshift:{name}:"));
+        let key_prefix = redis.key_prefix.clone().unwrap_or_else(|| format!("walshift:{name}:"));
         if key_prefix.is_empty() {
             return Err(ConfigError::invalid("redis.key_prefix", "must not be empty"));
         }
-        let redis = RedisSettings { url: redis.url, key_prefix };
+        let (tls_ca_file, tls_client) = validate_redis_tls(&redis)?;
+        let redis = RedisSettings { url: redis.url, key_prefix, tls_ca_file, tls_client };
 
         // [traffic], [cutover]
         let traffic = validate_traffic(traffic, &name, redis.url.is_some())?;
@@ -1480,6 +1525,45 @@ impl Config {
     }
 }
 
+/// `[redis] tls_*`: only with a `rediss://` URL; certificate and key together.
+fn validate_redis_tls(
+    redis: &RedisConfig,
+) -> Result<(Option<PathBuf>, Option<(PathBuf, PathBuf)>), ConfigError> {
+    let tls = redis.url.as_ref().is_some_and(|u| u.expose().trim().starts_with("rediss://"));
+    if redis.url.as_ref().is_some_and(|u| tls && u.expose().trim().ends_with("#insecure")) {
+        return Err(ConfigError::invalid(
+            "redis.url",
+            "#insecure (no certificate verification) is not supported: give the CA that signs \
+             the server's certificate in redis.tls_ca_file",
+        ));
+    }
+    for (key, value) in [
+        ("redis.tls_ca_file", &redis.tls_ca_file),
+        ("redis.tls_cert_file", &redis.tls_cert_file),
+        ("redis.tls_key_file", &redis.tls_key_file),
+    ] {
+        if value.is_some() && !tls {
+            return Err(ConfigError::invalid(key, "needs a rediss:// redis.url (TLS)"));
+        }
+    }
+    let client = match (&redis.tls_cert_file, &redis.tls_key_file) {
+        (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(ConfigError::invalid(
+                "redis.tls_key_file",
+                "must be set with tls_cert_file",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError::invalid(
+                "redis.tls_cert_file",
+                "must be set with tls_key_file",
+            ));
+        }
+    };
+    Ok((redis.tls_ca_file.clone(), client))
+}
 fn validate_traffic(
     traffic: TrafficConfig,
     migration: &str,
@@ -2208,6 +2292,25 @@ target = "shadow.a"
                 "redis.url: must start with redis://, rediss://, unix:// or redis+unix://",
             ),
             (|c| c.redis.key_prefix = Some(String::new()), "redis.key_prefix: must not be empty"),
+            (
+                |c| {
+                    c.redis.url = Some(Secret::new("redis://r:6379"));
+                    c.redis.tls_ca_file = Some("ca.pem".into());
+                },
+                "redis.tls_ca_file: needs a rediss:// redis.url (TLS)",
+            ),
+            (
+                |c| {
+                    c.redis.url = Some(Secret::new("rediss://r:6379"));
+                    c.redis.tls_cert_file = Some("client.pem".into());
+                },
+                "redis.tls_key_file: must be set with tls_cert_file",
+            ),
+            (
+                |c| c.redis.url = Some(Secret::new("rediss://:hunter2@r:6379/0#insecure")),
+                "redis.url: #insecure (no certificate verification) is not supported: give the \
+                 CA that signs the server's certificate in redis.tls_ca_file",
+            ),
             (
                 |c| c.metrics.listen = "localhost:9187".into(),
                 r#"metrics.listen: invalid socket address "localhost:9187"; expected ip:port, e.g. 127.0.0.1:9187"#,

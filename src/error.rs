@@ -48,6 +48,31 @@ pub enum Error {
     /// A precondition for the command is not met (e.g. the slot is missing).
     #[error("{0}")]
     Precondition(String),
+    /// The replication slot of a migration in progress was dropped or
+    /// invalidated behind walshift's back: the source no longer keeps the
+    /// changes walshift has yet to apply, so the shadow tables cannot catch
+    /// up from it. Never answered by making a new slot (that would skip
+    /// changes silently).
+    #[error(
+        "replication slot {slot} {what}; walshift had applied the source's changes through \
+         {applied}, and the source no longer keeps what came after, so the shadow tables \
+         cannot be brought up to date from it (nothing was changed). Start the migration \
+         over, which copies every row again (re-backfill): `walshift teardown --yes`, then \
+         `walshift setup` and `walshift run`"
+    )]
+    HistoryLost {
+        /// The slot.
+        slot: String,
+        /// What happened to it ("no longer exists", "was invalidated: …").
+        what: String,
+        /// The migration's applied position.
+        applied: crate::lsn::Lsn,
+    },
+    /// walshift's state schema on the target is newer than this walshift or
+    /// was migrated from other SQL (a refusal, exit 2), or could not be read
+    /// or upgraded.
+    #[error(transparent)]
+    StateSchema(#[from] crate::state::schema::SchemaError),
     /// The server sent something that breaks the replication protocol's
     /// rules (a change outside a transaction, an unknown relation, ...).
     #[error("replication protocol violation: {0}")]
@@ -134,6 +159,7 @@ impl Error {
         use crate::demo::cluster::ClusterError;
         match self {
             Error::Plan(crate::transform::plan::PlanError::Checks(_)) => ExitCode::BadInput,
+            Error::StateSchema(e) if e.is_refusal() => ExitCode::BadInput,
             Error::Config(_)
             | Error::Checks(_)
             | Error::Precondition(_)

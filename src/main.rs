@@ -92,7 +92,11 @@ fn try_main(cli: Cli) -> Result<error::ExitCode, Error> {
     walshift::telemetry::init(Some(filter), cfg.log.format);
     runtime.block_on(async move {
         match &cli.command {
-            Command::Setup => {
+            Command::Setup(args) if args.print_owner_sql => {
+                commands::setup::print_owner_sql(&cfg, &mut std::io::stdout().lock()).await?;
+                Ok(error::ExitCode::Success)
+            }
+            Command::Setup(_) => {
                 let report = commands::setup::run(&cfg).await?;
                 let word = |o: Outcome| match o {
                     Outcome::Created => "created",

@@ -656,7 +656,9 @@ async fn lag_over_max_lag_pauses_the_copy_then_it_resumes() {
          create function shadow.slow_apply() returns trigger language plpgsql
            as $$ begin perform pg_sleep(1.5); return new; end $$;
          create trigger slow_apply before insert on shadow.burst
-           for each row when (new.n = 99) execute function shadow.slow_apply();",
+           for each row when (new.n = 99) execute function shadow.slow_apply();
+         -- Meant to fire for walshift's writes (setup refuses origin triggers).
+         alter table shadow.burst enable always trigger slow_apply;",
     )
     .await;
     let ws = Walshift::with_tables(

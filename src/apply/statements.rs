@@ -66,6 +66,27 @@ pub fn stage_name(plan: &TablePlan) -> String {
 /// Creates the session's staging table for backfill chunks of `plan`
 /// (emptied at every commit).
 pub fn stage_table(plan: &TablePlan, binary: &[bool]) -> String {
+    create_stage(&stage_name(plan), plan, binary)
+}
+
+/// `pg_temp."walshift_stream_stage_<i>"`: the staging table of stream rows
+/// of plan table `i` too large for array parameters.
+pub fn text_stage_name(plan: &TablePlan) -> String {
+    format!("pg_temp.{}", Ident::new(format!("walshift_stream_stage_{}", plan.index)))
+}
+
+/// Creates the session's staging table for large stream rows of `plan`:
+/// every input as text, as pgoutput sends it (emptied at every commit),
+/// stored uncompressed (a value passes through it once; compressing a
+/// 400 MB text only to decompress it again costs seconds).
+pub fn text_stage_table(plan: &TablePlan) -> String {
+    let name = text_stage_name(plan);
+    let columns: Vec<String> =
+        (0..plan.inputs.len()).map(|i| format!("alter column c{i} set storage external")).collect();
+    format!("{}; alter table {name} {}", create_stage(&name, plan, &[]), columns.join(", "))
+}
+
+fn create_stage(name: &str, plan: &TablePlan, binary: &[bool]) -> String {
     let cols: Vec<String> = plan
         .inputs
         .iter()
@@ -76,11 +97,7 @@ pub fn stage_table(plan: &TablePlan, binary: &[bool]) -> String {
             format!("c{i} {ty}")
         })
         .collect();
-    format!(
-        "create temp table if not exists {} ({}) on commit delete rows",
-        stage_name(plan),
-        cols.join(", ")
-    )
+    format!("create temp table if not exists {name} ({}) on commit delete rows", cols.join(", "))
 }
 
 /// Multi-row upsert of full rows: one `text[]` per input.

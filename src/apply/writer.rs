@@ -24,6 +24,15 @@ use crate::transform::{Plan, TablePlan};
 /// New rows and old keys of partial updates that leave the same outputs alone.
 type PartialRows<'a> = (Vec<&'a [Datum]>, Vec<&'a [Datum]>);
 
+/// The staging table rows go through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Backfill chunks: some inputs typed (read in binary).
+    Chunk,
+    /// Large stream rows: every input as text.
+    Stream,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum StatementKey {
     Insert(TableIdx),
@@ -33,6 +42,10 @@ enum StatementKey {
     /// Backfill chunks: some inputs as typed (binary) arrays.
     ChunkInsert(TableIdx),
     ChunkUpsert(TableIdx),
+    /// Stream rows too large for array parameters: every input as text,
+    /// from the stream's staging table.
+    StagedInsert(TableIdx),
+    StagedUpsert(TableIdx),
     /// A fixed statement (progress bookkeeping).
     Fixed(&'static str),
     DeleteSuperseded(TableIdx),
@@ -97,43 +110,107 @@ async fn insert_in_savepoint(
     }
 }
 
-/// Rows in PostgreSQL's binary `COPY` format: a header, then per row the
-/// field count and each field as a length and the bytes as received (the
-/// text of text-mode columns is also their binary format), -1 for NULL.
-fn binary_copy(rows: &[&[Datum]]) -> bytes::Bytes {
-    use bytes::BufMut;
-    let size: usize = rows
-        .iter()
-        .map(|r| {
-            2 + r
-                .iter()
-                .map(|d| {
-                    4 + match d {
-                        Datum::Text(b) | Datum::Binary(b) => b.len(),
-                        _ => 0,
-                    }
-                })
-                .sum::<usize>()
+/// Largest piece of `COPY` data handed to the connection at once. The
+/// connection copies every message whole into its write buffer, which keeps
+/// its capacity, so rows go out in pieces of at most this size (large values
+/// as zero-copy slices of the bytes received) and a 200 MB value costs no
+/// second and third 200 MB buffer.
+const COPY_PIECE_BYTES: usize = 1 << 20;
+
+/// Values at least this large are sent as slices of their own bytes rather
+/// than copied into a piece.
+const COPY_SLICE_MIN_BYTES: usize = 64 << 10;
+
+/// Inserted and upserted rows holding at least this many bytes are written
+/// through a staging table with `COPY` (in pieces) instead of as array
+/// parameters: a statement's parameters are encoded whole into one Bind
+/// message and then copied again into the connection's write buffer, so
+/// they cost twice their size in memory on top of the rows themselves.
+const STAGE_MIN_BYTES: usize = 16 << 20;
+
+/// Bytes of row data in `rows`.
+fn rows_bytes(rows: &[&[Datum]]) -> usize {
+    rows.iter()
+        .flat_map(|r| r.iter())
+        .map(|d| match d {
+            Datum::Text(b) | Datum::Binary(b) => b.len(),
+            Datum::Null | Datum::UnchangedToast => 0,
         })
-        .sum();
-    let mut buf = bytes::BytesMut::with_capacity(19 + size + 2);
-    buf.put_slice(b"PGCOPY\n\xff\r\n\0");
-    buf.put_i32(0);
-    buf.put_i32(0);
-    for row in rows {
-        buf.put_i16(i16::try_from(row.len()).unwrap_or(i16::MAX));
-        for value in row.iter() {
+        .sum()
+}
+
+/// Rows in PostgreSQL's binary `COPY` format, in pieces of at most
+/// [`COPY_PIECE_BYTES`]: a header, then per row the field count and each
+/// field as a length and the bytes as received (the text of text-mode
+/// columns is also their binary format), -1 for NULL, then the trailer.
+struct CopyPieces<'a> {
+    rows: &'a [&'a [Datum]],
+    row: usize,
+    /// The next field of the current row; `None` before its field count.
+    field: Option<usize>,
+    /// The rest of a large value being sent in slices.
+    large: Option<bytes::Bytes>,
+    buf: bytes::BytesMut,
+    done: bool,
+}
+
+impl<'a> CopyPieces<'a> {
+    fn new(rows: &'a [&'a [Datum]]) -> Self {
+        use bytes::BufMut;
+        let mut buf = bytes::BytesMut::with_capacity(COPY_PIECE_BYTES.min(19 + rows_bytes(rows)));
+        buf.put_slice(b"PGCOPY\n\xff\r\n\0");
+        buf.put_i32(0);
+        buf.put_i32(0);
+        CopyPieces { rows, row: 0, field: None, large: None, buf, done: false }
+    }
+}
+
+impl Iterator for CopyPieces<'_> {
+    type Item = bytes::Bytes;
+
+    fn next(&mut self) -> Option<bytes::Bytes> {
+        use bytes::BufMut;
+        if let Some(large) = &mut self.large {
+            let piece = large.split_to(large.len().min(COPY_PIECE_BYTES));
+            if large.is_empty() {
+                self.large = None;
+            }
+            return Some(piece);
+        }
+        if self.done {
+            return None;
+        }
+        while self.buf.len() < COPY_PIECE_BYTES {
+            let Some(row) = self.rows.get(self.row) else {
+                self.buf.put_i16(-1);
+                self.done = true;
+                break;
+            };
+            let Some(field) = self.field else {
+                self.buf.put_i16(i16::try_from(row.len()).unwrap_or(i16::MAX));
+                self.field = Some(0);
+                continue;
+            };
+            let Some(value) = row.get(field) else {
+                self.row += 1;
+                self.field = None;
+                continue;
+            };
+            self.field = Some(field + 1);
             match value {
                 Datum::Text(b) | Datum::Binary(b) => {
-                    buf.put_i32(i32::try_from(b.len()).unwrap_or(i32::MAX));
-                    buf.put_slice(b);
+                    self.buf.put_i32(i32::try_from(b.len()).unwrap_or(i32::MAX));
+                    if b.len() >= COPY_SLICE_MIN_BYTES {
+                        self.large = Some(b.clone());
+                        break;
+                    }
+                    self.buf.put_slice(b);
                 }
-                Datum::Null | Datum::UnchangedToast => buf.put_i32(-1),
+                Datum::Null | Datum::UnchangedToast => self.buf.put_i32(-1),
             }
         }
+        Some(self.buf.split().freeze())
     }
-    buf.put_i16(-1);
-    buf.freeze()
 }
 
 /// `1 row, key id=7` or `250 rows`, for error messages.
@@ -210,6 +287,16 @@ impl Writer {
                 let table = statements::stage_name(plan);
                 let rows = statements::RowSource::Stage { table: &table, binary: &binary };
                 if matches!(key, StatementKey::ChunkInsert(_)) {
+                    statements::insert_with(plan, &rows)
+                } else {
+                    statements::upsert_with(plan, &rows)
+                }
+            }
+            StatementKey::StagedInsert(t) | StatementKey::StagedUpsert(t) => {
+                let plan = &self.plan.tables[*t];
+                let table = statements::text_stage_name(plan);
+                let rows = statements::RowSource::Stage { table: &table, binary: &[] };
+                if matches!(key, StatementKey::StagedInsert(_)) {
                     statements::insert_with(plan, &rows)
                 } else {
                     statements::upsert_with(plan, &rows)
@@ -300,6 +387,9 @@ impl Writer {
     async fn write_upserts(&mut self, t: TableIdx, rows: &[&[Datum]]) -> Result<(), WriteError> {
         let plan = Arc::clone(&self.plan);
         let tp = &plan.tables[t];
+        if rows_bytes(rows) >= STAGE_MIN_BYTES {
+            return self.write_staged(t, rows, Stage::Stream, true).await;
+        }
         let key = key_of(tp, rows[0]);
         self.execute(StatementKey::Upsert(t), "upsert into", t, &[rows], &[tp.inputs.len()], &key)
             .await
@@ -341,6 +431,20 @@ impl Writer {
         rows: &[&[Datum]],
         overwrite: bool,
     ) -> Result<(), WriteError> {
+        self.write_staged(t, rows, Stage::Chunk, overwrite).await
+    }
+
+    /// Writes `rows` through a staging table (see [`Self::write_chunk_rows`]):
+    /// inserted, or with `upsert` (or when a key exists already) upserted.
+    /// The stream's staging table is emptied afterwards: a target
+    /// transaction may flush several times.
+    async fn write_staged(
+        &mut self,
+        t: TableIdx,
+        rows: &[&[Datum]],
+        stage: Stage,
+        upsert: bool,
+    ) -> Result<(), WriteError> {
         let plan = Arc::clone(&self.plan);
         let tp = &plan.tables[t];
         let first = rows.first().map(|r| key_of(tp, r)).unwrap_or_default();
@@ -350,39 +454,55 @@ impl Writer {
             rows: rows_label(tp, rows.len(), &first),
             source,
         };
-        let binary = crate::backfill::keyset::binary_inputs(tp);
-        let stage = statements::stage_name(tp);
-        // The staging table is created in the chunk's transaction; a chunk
-        // rolled back takes it along, so it is created (if missing) each time.
-        self.client
-            .batch_execute(&statements::stage_table(tp, &binary))
-            .await
-            .map_err(|e| describe("stage rows for", e))?;
+        let (create, name, insert_key, upsert_key) = match stage {
+            Stage::Chunk => (
+                statements::stage_table(tp, &crate::backfill::keyset::binary_inputs(tp)),
+                statements::stage_name(tp),
+                StatementKey::ChunkInsert(t),
+                StatementKey::ChunkUpsert(t),
+            ),
+            Stage::Stream => (
+                statements::text_stage_table(tp),
+                statements::text_stage_name(tp),
+                StatementKey::StagedInsert(t),
+                StatementKey::StagedUpsert(t),
+            ),
+        };
+        // The staging table is created in the transaction; one rolled back
+        // takes it along, so it is created (if missing) each time.
+        self.client.batch_execute(&create).await.map_err(|e| describe("stage rows for", e))?;
         let sink = self
             .client
-            .copy_in::<_, bytes::Bytes>(&format!("copy {stage} from stdin (format binary)"))
+            .copy_in::<_, bytes::Bytes>(&format!("copy {name} from stdin (format binary)"))
             .await
             .map_err(|e| describe("stage rows for", e))?;
         futures_util::pin_mut!(sink);
-        sink.send(binary_copy(rows)).await.map_err(|e| describe("stage rows for", e))?;
-        sink.as_mut().finish().await.map_err(|e| describe("stage rows for", e))?;
-        let upsert = self
-            .statement(StatementKey::ChunkUpsert(t))
-            .await
-            .map_err(|e| describe("upsert into", e))?;
-        if overwrite {
-            self.client.execute(&upsert, &[]).await.map_err(|e| describe("upsert into", e))?;
-            return Ok(());
+        for piece in CopyPieces::new(rows) {
+            sink.feed(piece).await.map_err(|e| describe("stage rows for", e))?;
         }
-        let insert = self
-            .statement(StatementKey::ChunkInsert(t))
-            .await
-            .map_err(|e| describe("insert into", e))?;
-        let inserted = insert_in_savepoint(&self.client, &insert, &[])
-            .await
-            .map_err(|e| describe("insert into", e))?;
+        sink.as_mut().finish().await.map_err(|e| describe("stage rows for", e))?;
+        let upsert_statement =
+            self.statement(upsert_key).await.map_err(|e| describe("upsert into", e))?;
+        let inserted = if upsert {
+            false
+        } else {
+            let insert =
+                self.statement(insert_key).await.map_err(|e| describe("insert into", e))?;
+            insert_in_savepoint(&self.client, &insert, &[])
+                .await
+                .map_err(|e| describe("insert into", e))?
+        };
         if !inserted {
-            self.client.execute(&upsert, &[]).await.map_err(|e| describe("upsert into", e))?;
+            self.client
+                .execute(&upsert_statement, &[])
+                .await
+                .map_err(|e| describe("upsert into", e))?;
+        }
+        if matches!(stage, Stage::Stream) {
+            self.client
+                .batch_execute(&format!("truncate {name}"))
+                .await
+                .map_err(|e| describe("stage rows for", e))?;
         }
         Ok(())
     }
@@ -392,6 +512,9 @@ impl Writer {
     /// or one a backfill chunk copied), the insert is rolled back to the
     /// savepoint and the rows are written as upserts instead.
     async fn write_inserts(&mut self, t: TableIdx, rows: &[&[Datum]]) -> Result<(), WriteError> {
+        if rows_bytes(rows) >= STAGE_MIN_BYTES {
+            return self.write_staged(t, rows, Stage::Stream, false).await;
+        }
         let plan = Arc::clone(&self.plan);
         let tp = &plan.tables[t];
         let key = key_of(tp, rows[0]);

@@ -81,6 +81,7 @@ pub async fn ask_leader_with(
     mut progress: impl FnMut(String) -> Result<(), Error>,
 ) -> Result<String, Error> {
     let target = client::connect(&cfg.target.url, command, SessionLimits::ADMIN).await?;
+    crate::pg::migrate::check(&target).await?;
     let row = stored::load(&target, &cfg.migration_name)
         .await
         .map_err(Error::sql("reading the controller state"))?;
@@ -165,6 +166,7 @@ pub async fn history(
     out: &mut impl Write,
 ) -> Result<(), Error> {
     let target = client::connect(&cfg.target.url, "history", SessionLimits::ADMIN).await?;
+    crate::pg::migrate::check(&target).await?;
     let entries = stored::history(&target, &cfg.migration_name, limit)
         .await
         .map_err(Error::sql("reading the audit trail"))?;
@@ -189,12 +191,12 @@ pub async fn history(
 
 /// Where a decision came from.
 fn decision_source(cfg: &ValidatedConfig) -> Result<TrafficRedis, Error> {
-    let Some(url) = &cfg.redis.url else {
+    if cfg.redis.url.is_none() {
         return Err(Error::Precondition(
             "redis.url is not set: walshift publishes no traffic decision without it".into(),
         ));
-    };
-    TrafficRedis::new(url, &cfg.redis.key_prefix).map_err(|e| Error::Precondition(e.to_string()))
+    }
+    TrafficRedis::new(&cfg.redis).map_err(|e| Error::Precondition(e.to_string()))
 }
 
 /// `walshift traffic route <KEY>`: the side `key` goes to under the
@@ -207,6 +209,7 @@ pub async fn route(cfg: &ValidatedConfig, key: &str, out: &mut impl Write) -> Re
         Err(e) => {
             // Redis down: the state schema has the authoritative copy.
             let target = client::connect(&cfg.target.url, "route", SessionLimits::ADMIN).await?;
+            crate::pg::migrate::check(&target).await?;
             let row = stored::load(&target, &cfg.migration_name)
                 .await
                 .map_err(Error::sql("reading the controller state"))?;
@@ -242,14 +245,9 @@ pub async fn watch(
     mut shutdown: Shutdown,
     out: &mut impl Write,
 ) -> Result<(), Error> {
-    let Some(url) = &cfg.redis.url else {
-        return Err(Error::Precondition(
-            "redis.url is not set: walshift publishes no traffic decision without it".into(),
-        ));
-    };
     let redis = decision_source(cfg)?;
-    let client =
-        crate::traffic::redis::client(url).map_err(|e| Error::Precondition(e.to_string()))?;
+    let client = crate::traffic::redis::client(&cfg.redis)
+        .map_err(|e| Error::Precondition(e.to_string()))?;
     let channel = redis.traffic_key().to_owned();
     let mut last_version = i64::MIN;
     let mut backoff = Duration::from_millis(200);
@@ -285,7 +283,10 @@ pub async fn watch(
                 }
                 tracing::warn!("subscription lost; re-subscribing");
             }
-            Err(e) => tracing::warn!(error = %e, "cannot subscribe; retrying"),
+            Err(e) => {
+                let error = crate::traffic::redis::describe(&e);
+                tracing::warn!(error = %error, "cannot subscribe; retrying");
+            }
         }
         tokio::select! {
             () = tokio::time::sleep(backoff) => {}

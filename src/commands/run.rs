@@ -26,6 +26,7 @@ use crate::apply::{Applier, ApplierOptions, ApplyError, ApplyErrorClass, ApplySt
 use crate::backfill::step::BackfillWork;
 use crate::backfill::{Backfill, BackfillBoard, BackfillOptions};
 use crate::change::TableIdx;
+use crate::checks;
 use crate::config::ValidatedConfig;
 use crate::cutover::drain::DrainHook;
 use crate::error::{self, CheckFailure, CheckFailures, Error};
@@ -134,29 +135,93 @@ impl SessionError {
 pub async fn prepare(cfg: &ValidatedConfig) -> Result<Plan, Error> {
     let source = client::connect(&cfg.source.url, "run", SessionLimits::ADMIN).await?;
     let target = client::connect(&cfg.target.url, "run", SessionLimits::ADMIN).await?;
+    // A state schema newer than this walshift, or migrated from other SQL,
+    // is refused before anything else (exit 2, nothing changed).
+    migrate::check(&target).await?;
     let plan = Plan::compile(cfg, &source, &target).await?;
+    // Root causes first (`wal_level` lowered: a missing slot is its
+    // symptom), and access to the mapped tables: see `crate::checks`.
+    let mut failures = checks::stream_source(&source, &cfg.source.slot)
+        .await
+        .map_err(Error::sql("checking the source"))?;
+    failures.extend(
+        checks::table_access(&source, &target, &plan)
+            .await
+            .map_err(Error::sql("checking access to the mapped tables"))?,
+    );
+    if !failures.is_empty() {
+        return Err(Error::Checks(CheckFailures(failures)));
+    }
     let slot = catalog::slot_info(&source, &cfg.source.slot)
         .await
         .map_err(Error::sql("looking up the replication slot"))?;
-    if slot.is_none() {
+    let registered = migrate::migration_registered(&target, &cfg.migration_name)
+        .await
+        .map_err(Error::sql("looking up the migration"))?;
+    if let Some(what) = slot_gone(slot.as_ref()) {
+        if registered {
+            return Err(history_lost(cfg, &target, what).await);
+        }
         return Err(Error::Precondition(format!(
             "replication slot {} does not exist on the source: run `walshift setup` first",
             cfg.source.slot
         )));
     }
-    let registered = migrate::migration_registered(&target, &cfg.migration_name)
-        .await
-        .map_err(Error::sql("looking up the migration"))?;
     if !registered {
         return Err(Error::Precondition(format!(
             "migration {} is not registered in the target's walshift schema: run `walshift setup` first",
             cfg.migration_name
         )));
     }
-    // A state schema created by an older walshift gets the newer tables.
+    // A state schema created by an older walshift is upgraded in place
+    // (logged, and audited per migration: `crate::state::schema`).
     let mut target = target;
-    migrate::migrate(&mut target).await.map_err(Error::sql("upgrading the state schema"))?;
+    migrate::migrate(&mut target).await?;
     Ok(plan)
+}
+
+/// What happened to a slot that can no longer be read, if it can't:
+/// missing, or invalidated (`wal_status = lost`).
+fn slot_gone(slot: Option<&catalog::SlotInfo>) -> Option<String> {
+    match slot {
+        None => Some("no longer exists on the source".to_owned()),
+        Some(s) if s.wal_status.as_deref() == Some("lost") => Some(
+            "was invalidated by the source (wal_status lost: the WAL it needed was removed, \
+             e.g. because it exceeded max_slot_wal_keep_size)"
+                .to_owned(),
+        ),
+        Some(_) => None,
+    }
+}
+
+/// [`Error::HistoryLost`] for this migration, with its applied position.
+async fn history_lost(
+    cfg: &ValidatedConfig,
+    target: &tokio_postgres::Client,
+    what: String,
+) -> Error {
+    let applied =
+        crate::state::progress::load(target, &cfg.migration_name).await.unwrap_or(Lsn::ZERO);
+    tracing::error!(slot = %cfg.source.slot, %what, "the replication slot's history is gone");
+    Error::HistoryLost { slot: cfg.source.slot.clone(), what, applied }
+}
+
+/// Whether a failed `START_REPLICATION` means the slot is gone for good:
+/// dropped (42704) or invalidated (55000 "can no longer get changes" /
+/// "cannot read from logical replication slot").
+fn slot_lost_on_start(err: &crate::replication::stream::StreamError) -> Option<String> {
+    use crate::replication::stream::StreamError;
+    let StreamError::Wire(wire) = err else { return None };
+    let server = wire.server_error()?;
+    match server.code.as_str() {
+        "42704" => Some("no longer exists on the source".to_owned()),
+        "55000" if server.message.contains("replication slot") => Some(format!(
+            "was invalidated by the source ({}{})",
+            server.message,
+            server.detail.as_deref().map(|d| format!(": {d}")).unwrap_or_default()
+        )),
+        _ => None,
+    }
 }
 
 /// Resolves `--table` names (source or target, `schema.table` or a bare
@@ -211,6 +276,16 @@ pub async fn run_with(
     options: RunOptions,
 ) -> Result<RunSummary, Error> {
     let plan = Arc::new(prepare(cfg).await?);
+    // The stream needs a wal sender (checked here, not in `prepare`: a
+    // standby waiting for the lease needs none yet).
+    let source = client::connect(&cfg.source.url, "run", SessionLimits::ADMIN).await?;
+    if let Some(failure) = checks::free_wal_sender(&source, &cfg.source.slot)
+        .await
+        .map_err(Error::sql("counting the source's wal senders"))?
+    {
+        return Err(Error::Checks(CheckFailures(vec![failure])));
+    }
+    drop(source);
     let only = if options.tables.is_empty() {
         None
     } else {
@@ -571,8 +646,19 @@ async fn session(
         status_interval: cfg.source.status_interval,
     };
     let source = cfg.source.url.with_application_name("walshift:reader");
-    let stream =
-        LogicalStream::start(&source, &stream_options).await.map_err(|e| fail(e.into()))?;
+    let stream = match LogicalStream::start(&source, &stream_options).await {
+        Ok(stream) => stream,
+        Err(e) => {
+            if let Some(what) = slot_lost_on_start(&e) {
+                return Err(fail(Error::HistoryLost {
+                    slot: cfg.source.slot.clone(),
+                    what,
+                    applied: checkpoint,
+                }));
+            }
+            return Err(fail(e.into()));
+        }
+    };
     tracing::info!(%checkpoint, strict_through = %strict_through, "streaming");
 
     let (tx, rx) = mpsc::channel(reader::CHANNEL_CHUNKS);

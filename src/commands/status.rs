@@ -210,6 +210,7 @@ const STATUS_DIFFERENCES: usize = 20;
 /// Reads the status from the state schema and the source catalog.
 pub async fn read(cfg: &ValidatedConfig) -> Result<Status, Error> {
     let target = client::connect(&cfg.target.url, "status", SessionLimits::ADMIN).await?;
+    migrate::check(&target).await?;
     let source = client::connect(&cfg.source.url, "status", SessionLimits::ADMIN).await?;
     read_with(cfg, &source, &target).await
 }
@@ -374,6 +375,8 @@ pub const INSTANCE_TIMEOUT: Duration = Duration::from_secs(3);
 /// source catalog, saying why.
 pub async fn query(cfg: &ValidatedConfig) -> Result<Status, Error> {
     let target = client::connect(&cfg.target.url, "status", SessionLimits::ADMIN).await?;
+    // Refuses a newer (or edited) state schema; an older one reads fine.
+    migrate::check(&target).await?;
     let instance = crate::state::instance::lookup(&target, &cfg.migration_name)
         .await
         .map_err(Error::sql("looking up the running instance"))?;

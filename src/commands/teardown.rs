@@ -23,6 +23,9 @@ use crate::pg::migrate;
 struct Inventory {
     slot: Option<catalog::SlotInfo>,
     publication: bool,
+    /// The publication's owner, when walshift's role may not drop it (the
+    /// tables' owner created it: docs/security.md).
+    publication_owner: Option<String>,
     state_schema: bool,
     other_migrations: i64,
     /// Old tables carrying the write cutover's fence trigger.
@@ -39,6 +42,15 @@ pub async fn run(
 ) -> Result<(), Error> {
     let source = client::connect(&cfg.source.url, "teardown", SessionLimits::ADMIN).await?;
     let target = client::connect(&cfg.target.url, "teardown", SessionLimits::ADMIN).await?;
+    // A newer walshift's schema may come with objects this one does not
+    // know: refused. An edited one is still dropped (that is the way out).
+    match migrate::check(&target).await {
+        Ok(_) => {}
+        Err(e @ migrate::SchemaError::Modified(_)) => {
+            tracing::warn!(error = %e, "tearing down a state schema migrated from other SQL");
+        }
+        Err(e) => return Err(e.into()),
+    }
     let inventory = inventory(cfg, &source, &target).await?;
     let slot_name = &cfg.source.slot;
     let publication = &cfg.source.publication;
@@ -52,8 +64,16 @@ pub async fn run(
             "replication slot {slot_name} on the source (retains {retained} of WAL{active})"
         ));
     }
+    let mut kept = Vec::new();
     if inventory.publication {
-        lines.push(format!("publication {publication} on the source"));
+        match &inventory.publication_owner {
+            None => lines.push(format!("publication {publication} on the source")),
+            Some(owner) => kept.push(format!(
+                "publication {publication} on the source stays: it belongs to role {owner}, \
+                 who may drop it: drop publication {}",
+                escape_identifier(publication)
+            )),
+        }
     }
     if inventory.state_schema {
         if inventory.other_migrations > 0 {
@@ -65,7 +85,6 @@ pub async fn run(
             lines.push(format!("schema {} (walshift state) on the target", migrate::STATE_SCHEMA));
         }
     }
-    let mut kept = Vec::new();
     for table in &inventory.fenced {
         if drop_fence {
             lines.push(format!(
@@ -74,7 +93,7 @@ pub async fn run(
             ));
         } else {
             kept.push(format!(
-                "fence trigger {} on {table} stays (it rejects writes to the old table;                  --drop-fence drops it)",
+                "fence trigger {} on {table} stays (it rejects writes to the old table; --drop-fence drops it)",
                 crate::cutover::fence::TRIGGER
             ));
         }
@@ -115,7 +134,7 @@ pub async fn run(
             .map_err(Error::sql(format!("dropping replication slot {slot_name}")))?;
         writeln!(out, "dropped replication slot {slot_name}").map_err(write_err)?;
     }
-    if inventory.publication {
+    if inventory.publication && inventory.publication_owner.is_none() {
         source
             .batch_execute(&format!(
                 "drop publication if exists {}",
@@ -127,9 +146,9 @@ pub async fn run(
     }
     if drop_fence && !inventory.fenced.is_empty() {
         let tables = fence_tables(cfg);
-        let dropped = crate::cutover::fence::drop_fence(&source, &tables)
+        let dropped = crate::cutover::fence::drop_fence(&source, &cfg.migration_name, &tables)
             .await
-            .map_err(Error::sql("dropping the fence triggers"))?;
+            .map_err(|e| Error::Failed(e.to_string()))?;
         for table in dropped {
             writeln!(out, "dropped fence trigger {} on {table}", crate::cutover::fence::TRIGGER)
                 .map_err(write_err)?;
@@ -183,10 +202,11 @@ async fn inventory(
 ) -> Result<Inventory, Error> {
     let ctx = "listing walshift's objects";
     let slot = catalog::slot_info(source, &cfg.source.slot).await.map_err(Error::sql(ctx))?;
-    let publication = catalog::publication_info(source, &cfg.source.publication)
+    let publication_info = catalog::publication_info(source, &cfg.source.publication)
         .await
-        .map_err(Error::sql(ctx))?
-        .is_some();
+        .map_err(Error::sql(ctx))?;
+    let publication = publication_info.is_some();
+    let publication_owner = publication_info.filter(|p| !p.owned).map(|p| p.owner);
     let state_schema = migrate::state_schema_exists(target).await.map_err(Error::sql(ctx))?;
     // Whether the schema may be dropped depends on this count, so a failure
     // is an error: guessing 0 would drop every other migration's state.
@@ -210,7 +230,7 @@ async fn inventory(
             fenced.push(t.source.readable());
         }
     }
-    Ok(Inventory { slot, publication, state_schema, other_migrations, fenced })
+    Ok(Inventory { slot, publication, publication_owner, state_schema, other_migrations, fenced })
 }
 
 /// `1.5 GiB`-style sizes for humans.

@@ -742,7 +742,13 @@ impl Controller {
         }
         let source =
             client::connect(&self.cfg.source.url, "rollback", SessionLimits::ADMIN).await?;
-        let dropped = fence::drop_fence(&source, &self.config_fenced_tables()).await?;
+        let dropped =
+            fence::drop_fence(&source, &self.cfg.migration_name, &self.config_fenced_tables())
+                .await
+                .map_err(|e| match e {
+                    fence::FenceError::Sql { source, .. } => LeadError::Sql(source),
+                    other => LeadError::Recover(other.to_string()),
+                })?;
         self.pipeline.set_cut_over_at(None);
         live.write_side = "old".into();
         let outcome = live.machine.rollback(&settings.traffic, who, SystemTime::now());

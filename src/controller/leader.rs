@@ -43,11 +43,10 @@ pub async fn run(
     options: RunOptions,
     mut outer: Shutdown,
 ) -> Result<RunSummary, Error> {
-    let Some(url) = &cfg.redis.url else {
+    if cfg.redis.url.is_none() {
         return run_with(cfg, outer, options).await;
-    };
-    let redis = TrafficRedis::new(url, &cfg.redis.key_prefix)
-        .map_err(|e| Error::Precondition(e.to_string()))?;
+    }
+    let redis = TrafficRedis::new(&cfg.redis).map_err(|e| Error::Precondition(e.to_string()))?;
     // Bad input (mapping, slot, setup) exits 2 before waiting for a lease.
     crate::commands::run::prepare(cfg).await?;
     let me = instance_id();

@@ -19,6 +19,30 @@
 //!   and `idle_in_transaction_session_timeout`, so a fence
 //!   whose walshift died without closing the socket (host gone) releases
 //!   the tables by itself; a restarted walshift also terminates it.
+//!
+//! # Who may fence: two modes ([`FenceMode`])
+//!
+//! `LOCK TABLE ... IN EXCLUSIVE MODE` needs `UPDATE`, `DELETE` or `TRUNCATE`
+//! on the table, and `ALTER TABLE ... ENABLE ALWAYS TRIGGER` needs its
+//! ownership. walshift therefore fences either
+//!
+//! * **directly**, when its source role owns the old tables (or is a member
+//!   of their owner): the statements above, plus the trigger function
+//!   created in each table's schema; or
+//! * **through the owner's function**, when the owner ran the SQL that
+//!   `walshift setup --print-owner-sql` prints ([`owner_function_sql`]):
+//!   per schema, `<schema>.walshift_fence_<migration>(action, attempt)`, a
+//!   `SECURITY DEFINER` function owned by the tables' owner, with the table
+//!   names and messages baked in, that does exactly three things: `lock`
+//!   the migration's tables in that schema, `install` the triggers, `drop`
+//!   them. Its `EXECUTE` is granted to walshift's role alone, which then
+//!   needs no ownership and no write privilege on the old tables. The lock
+//!   it takes belongs to the caller's transaction, so the commit point and
+//!   the recovery probe ([`installed`]) are the same in both modes.
+//!
+//! The owner's function is preferred when it exists and walshift may
+//! execute it; otherwise walshift must own the tables, or the fence fails
+//! before anything is locked, naming the owner and the fix.
 
 use std::time::{Duration, Instant};
 
@@ -44,6 +68,22 @@ const MAX_BACKOFF: Duration = Duration::from_millis(500);
 
 /// SQLSTATE `lock_not_available` (a `lock_timeout` expired).
 const LOCK_NOT_AVAILABLE: &str = "55P03";
+
+/// How the fence is installed (see the module doc).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FenceMode {
+    /// walshift's role owns the old tables and runs the DDL itself.
+    Direct,
+    /// The owner's `SECURITY DEFINER` functions, one per schema of the old
+    /// tables (`<schema>.walshift_fence_<migration>(text, bigint)`).
+    OwnerFunctions(Vec<String>),
+}
+
+/// The owner's fence function of `migration` in `schema`, as SQL
+/// (`"public".walshift_fence_billing_v2`).
+pub fn owner_function(schema: &Ident, migration: &str) -> String {
+    format!("{schema}.{}", Ident::new(format!("walshift_fence_{migration}")))
+}
 
 /// An old table and its new home.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,6 +153,21 @@ pub enum FenceError {
     /// Stopped while waiting.
     #[error("fence: walshift is stopping; nothing was changed")]
     Stopped,
+    /// walshift's role may not fence the old tables.
+    #[error(
+        "fence: role {role} may not fence {tables}: it does not own them and there is no fence \
+         function of the owner it may execute ({missing}); have the owner run the statements \
+         `walshift setup --print-owner-sql` prints (docs/security.md), or connect source.url as \
+         the owner; nothing was changed"
+    )]
+    NotPermitted {
+        /// walshift's source role.
+        role: String,
+        /// The tables it does not own, with their owners.
+        tables: String,
+        /// The owner functions that are missing or not executable.
+        missing: String,
+    },
 }
 
 fn sql(context: &'static str) -> impl FnOnce(tokio_postgres::Error) -> FenceError {
@@ -152,6 +207,7 @@ pub async fn take(
     let client = client::connect(url, &session_role(&spec.migration), limits)
         .await
         .map_err(|e| FenceError::Connect(crate::error::display_chain(&e)))?;
+    let mode = mode(&client, &spec.migration, &spec.tables).await?;
     client
         .batch_execute(&format!(
             // The commit is the cutover's commit point: flushed before it
@@ -161,11 +217,23 @@ pub async fn take(
         ))
         .await
         .map_err(sql("configuring the fence session"))?;
-    let list = spec.tables.iter().map(|t| t.source.to_string()).collect::<Vec<_>>().join(", ");
-    let lock = format!(
-        "begin; set local lock_timeout = {}; lock table {list} in exclusive mode",
-        spec.lock_timeout.as_millis().max(1)
-    );
+    let lock_timeout = spec.lock_timeout.as_millis().max(1);
+    let lock = match &mode {
+        FenceMode::Direct => {
+            let list =
+                spec.tables.iter().map(|t| t.source.to_string()).collect::<Vec<_>>().join(", ");
+            format!(
+                "begin; set local lock_timeout = {lock_timeout}; lock table {list} in exclusive mode"
+            )
+        }
+        FenceMode::OwnerFunctions(functions) => {
+            let calls: String = functions
+                .iter()
+                .map(|f| format!("; select {f}('lock', {})", spec.attempt))
+                .collect();
+            format!("begin; set local lock_timeout = {lock_timeout}{calls}")
+        }
+    };
     let started = Instant::now();
     let mut attempts = 0u32;
     let mut backoff = FIRST_BACKOFF;
@@ -201,45 +269,194 @@ pub async fn take(
     }
     let granted_at = Instant::now();
     let waited = granted_at - started;
-    client.batch_execute(&install_sql(spec)).await.map_err(sql("creating the fence triggers"))?;
+    let install = match &mode {
+        FenceMode::Direct => install_sql(spec),
+        FenceMode::OwnerFunctions(functions) => functions
+            .iter()
+            .map(|f| format!("select {f}('install', {});\n", spec.attempt))
+            .collect(),
+    };
+    client.batch_execute(&install).await.map_err(sql("creating the fence triggers"))?;
     Ok(Fence { client, granted_at, attempts, waited })
+}
+
+/// How the connected role fences `tables` (see the module doc): through
+/// the owner's functions when each schema has one it may execute, directly
+/// when it owns every table, else [`FenceError::NotPermitted`].
+pub async fn mode(
+    client: &Client,
+    migration: &str,
+    tables: &[FencedTable],
+) -> Result<FenceMode, FenceError> {
+    let mut functions = Vec::new();
+    let mut missing = Vec::new();
+    for schema in schemas(tables) {
+        let function = owner_function(schema, migration);
+        let signature = format!("{function}(text, bigint)");
+        let usable: bool = client
+            .query_one(
+                "select coalesce(has_function_privilege(to_regprocedure($1), 'execute'), false)",
+                &[&signature],
+            )
+            .await
+            .and_then(|r| r.try_get(0))
+            .map_err(sql("looking up the owner's fence function"))?;
+        if usable {
+            functions.push(function);
+        } else {
+            missing.push(signature);
+        }
+    }
+    if missing.is_empty() {
+        return Ok(FenceMode::OwnerFunctions(functions));
+    }
+    let names: Vec<String> = tables.iter().map(|t| t.source.to_string()).collect();
+    let rows = client
+        .query(
+            "select n::regclass::text, pg_get_userbyid(c.relowner)::text, \
+                    pg_has_role(c.relowner, 'USAGE'), current_user::text \
+             from unnest($1::text[]) as n join pg_class c on c.oid = n::regclass",
+            &[&names],
+        )
+        .await
+        .map_err(sql("looking up the owners of the old tables"))?;
+    let mut role = String::new();
+    let mut foreign = Vec::new();
+    for row in &rows {
+        let get = |e| sql("looking up the owners of the old tables")(e);
+        let table: String = row.try_get(0).map_err(get)?;
+        let owner: String = row.try_get(1).map_err(get)?;
+        let owned: bool = row.try_get(2).map_err(get)?;
+        role = row.try_get(3).map_err(get)?;
+        if !owned {
+            foreign.push(format!("{table} (owner {owner})"));
+        }
+    }
+    if foreign.is_empty() {
+        return Ok(FenceMode::Direct);
+    }
+    Err(FenceError::NotPermitted { role, tables: foreign.join(", "), missing: missing.join(", ") })
+}
+
+/// The distinct schemas of `tables`, sorted.
+fn schemas(tables: &[FencedTable]) -> Vec<&Ident> {
+    let mut schemas: Vec<&Ident> = tables.iter().map(|t| t.source.schema()).collect();
+    schemas.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    schemas.dedup_by(|a, b| a.as_str() == b.as_str());
+    schemas
+}
+
+/// A dollar-quote tag that does not occur in `body`.
+fn dollar_tag(body: &str) -> String {
+    let mut tag = "$walshift$".to_owned();
+    let mut n = 0;
+    while body.contains(&tag) {
+        n += 1;
+        tag = format!("$walshift{n}$");
+    }
+    tag
+}
+
+/// The trigger function that rejects writes (one per schema).
+fn reject_function_sql(schema: &Ident) -> String {
+    format!(
+        "create or replace function {schema}.{function}() returns trigger \
+         language plpgsql as $walshift$ begin \
+         raise exception using errcode = '{REJECT_SQLSTATE}', message = tg_argv[0], \
+         hint = tg_argv[1]; end $walshift$;\n",
+        function = Ident::new(FUNCTION),
+    )
+}
+
+/// The statements that create and enable the trigger on `t` (the comment
+/// comes separately: it names the attempt).
+fn trigger_sql(t: &FencedTable, migration: &str) -> String {
+    let message = reject_message(t, migration);
+    let hint = format!(
+        "write to {} instead; the old table is read-only since walshift's write cutover",
+        t.target.readable()
+    );
+    format!(
+        "drop trigger if exists {trigger} on {table};\n\
+         create trigger {trigger} before insert or update or delete or truncate on {table} \
+         for each statement execute function {schema}.{function}({message}, {hint});\n\
+         alter table {table} enable always trigger {trigger};\n",
+        trigger = Ident::new(TRIGGER),
+        table = t.source,
+        schema = t.source.schema(),
+        function = Ident::new(FUNCTION),
+        message = escape_literal(&message),
+        hint = escape_literal(&hint),
+    )
+}
+
+/// The SQL the owner of the old tables runs so that `role` can fence them
+/// without owning them: per schema, the trigger function and the
+/// `SECURITY DEFINER` fence function of `migration` (lock, install, drop
+/// for exactly these tables), executable by `role` only.
+pub fn owner_function_sql(migration: &str, tables: &[FencedTable], role: &Ident) -> String {
+    let mut out = String::new();
+    for schema in schemas(tables) {
+        let mine: Vec<&FencedTable> =
+            tables.iter().filter(|t| t.source.schema().as_str() == schema.as_str()).collect();
+        let lock = format!(
+            "lock table {} in exclusive mode;",
+            mine.iter().map(|t| t.source.to_string()).collect::<Vec<_>>().join(", ")
+        );
+        let mut install = String::new();
+        let mut drop = String::new();
+        for t in &mine {
+            install.push_str(&trigger_sql(t, migration));
+            install.push_str(&format!(
+                "execute format('comment on trigger %I on %s is %L', {trigger}, {table}, {prefix} \
+                 || attempt);\n",
+                trigger = escape_literal(TRIGGER),
+                table = escape_literal(&t.source.to_string()),
+                prefix = escape_literal(&format!(
+                    "walshift migration {migration} write cutover attempt "
+                )),
+            ));
+            drop.push_str(&format!(
+                "drop trigger if exists {} on {};\n",
+                Ident::new(TRIGGER),
+                t.source
+            ));
+        }
+        let body = format!(
+            "\nbegin\n\
+             if action = 'lock' then\n{lock}\n\
+             elsif action = 'install' then\n{install}\
+             elsif action = 'drop' then\n{drop}\
+             else\nraise exception 'unknown action %', action;\nend if;\nend\n"
+        );
+        let tag = dollar_tag(&body);
+        let function = owner_function(schema, migration);
+        out.push_str(&reject_function_sql(schema));
+        out.push_str(&format!(
+            "create or replace function {function}(action text, attempt bigint) returns void \
+             language plpgsql security definer set search_path = pg_catalog, pg_temp \
+             as {tag}{body}{tag};\n\
+             revoke all on function {function}(text, bigint) from public;\n\
+             grant execute on function {function}(text, bigint) to {role};\n"
+        ));
+    }
+    out
 }
 
 /// The statements that install the triggers (inside the fence transaction).
 fn install_sql(spec: &FenceSpec) -> String {
     let mut out = String::new();
-    let mut schemas: Vec<&Ident> = spec.tables.iter().map(|t| t.source.schema()).collect();
-    schemas.sort_by(|a, b| a.as_str().cmp(b.as_str()));
-    schemas.dedup_by(|a, b| a.as_str() == b.as_str());
-    for schema in schemas {
-        out.push_str(&format!(
-            "create or replace function {schema}.{function}() returns trigger \
-             language plpgsql as $walshift$ begin \
-             raise exception using errcode = '{REJECT_SQLSTATE}', message = tg_argv[0], \
-             hint = tg_argv[1]; end $walshift$;\n",
-            function = Ident::new(FUNCTION),
-        ));
+    for schema in schemas(&spec.tables) {
+        out.push_str(&reject_function_sql(schema));
     }
     let trigger = Ident::new(TRIGGER);
     for t in &spec.tables {
-        let message = reject_message(t, &spec.migration);
-        let hint = format!(
-            "write to {} instead; the old table is read-only since walshift's write cutover",
-            t.target.readable()
-        );
         let comment =
             format!("walshift migration {} write cutover attempt {}", spec.migration, spec.attempt);
+        out.push_str(&trigger_sql(t, &spec.migration));
         out.push_str(&format!(
-            "drop trigger if exists {trigger} on {table};\n\
-             create trigger {trigger} before insert or update or delete or truncate on {table} \
-             for each statement execute function {schema}.{function}({message}, {hint});\n\
-             alter table {table} enable always trigger {trigger};\n\
-             comment on trigger {trigger} on {table} is {comment};\n",
+            "comment on trigger {trigger} on {table} is {comment};\n",
             table = t.source,
-            schema = t.source.schema(),
-            function = Ident::new(FUNCTION),
-            message = escape_literal(&message),
-            hint = escape_literal(&hint),
             comment = escape_literal(&comment),
         ));
     }
@@ -377,32 +594,50 @@ pub async fn terminate_orphans(
 }
 
 /// Drops the fence triggers (and the trigger functions no other trigger
-/// uses) from `tables`; returns the tables that had one.
+/// uses) from `tables` of `migration`; returns the tables that had one.
+/// Through the owner's functions when they exist (the functions are the
+/// owner's and stay: `walshift setup --print-owner-sql` says how to drop
+/// them).
 pub async fn drop_fence(
     client: &Client,
+    migration: &str,
     tables: &[FencedTable],
-) -> Result<Vec<String>, tokio_postgres::Error> {
-    let mut dropped = Vec::new();
-    let trigger = Ident::new(TRIGGER);
+) -> Result<Vec<String>, FenceError> {
+    let mut present = Vec::new();
     for t in tables {
         let exists: bool = client
             .query_one(
                 "select exists (select 1 from pg_trigger where tgname = $2 and tgrelid = to_regclass($1))",
                 &[&t.source.to_string(), &TRIGGER],
             )
-            .await?
-            .try_get(0)?;
+            .await
+            .and_then(|r| r.try_get(0))
+            .map_err(sql("looking up the fence triggers"))?;
         if exists {
-            client
-                .batch_execute(&format!("drop trigger if exists {trigger} on {}", t.source))
-                .await?;
-            dropped.push(t.source.readable());
+            present.push(t);
         }
     }
-    let mut schemas: Vec<&Ident> = tables.iter().map(|t| t.source.schema()).collect();
-    schemas.sort_by(|a, b| a.as_str().cmp(b.as_str()));
-    schemas.dedup_by(|a, b| a.as_str() == b.as_str());
-    for schema in schemas {
+    let dropped: Vec<String> = present.iter().map(|t| t.source.readable()).collect();
+    if present.is_empty() {
+        return Ok(dropped);
+    }
+    if let FenceMode::OwnerFunctions(functions) = mode(client, migration, tables).await? {
+        for f in functions {
+            client
+                .batch_execute(&format!("select {f}('drop', 0)"))
+                .await
+                .map_err(sql("dropping the fence triggers through the owner's function"))?;
+        }
+        return Ok(dropped);
+    }
+    let trigger = Ident::new(TRIGGER);
+    for t in &present {
+        client
+            .batch_execute(&format!("drop trigger if exists {trigger} on {}", t.source))
+            .await
+            .map_err(sql("dropping the fence triggers"))?;
+    }
+    for schema in schemas(tables) {
         // Kept while another table (another migration) still uses it.
         let in_use: bool = client
             .query_one(
@@ -410,15 +645,17 @@ pub async fn drop_fence(
                  join pg_namespace n on n.oid = p.pronamespace where p.proname = $1 and n.nspname = $2)",
                 &[&FUNCTION, &schema.as_str()],
             )
-            .await?
-            .try_get(0)?;
+            .await
+            .and_then(|r| r.try_get(0))
+            .map_err(sql("looking up the fence trigger function"))?;
         if !in_use {
             client
                 .batch_execute(&format!(
                     "drop function if exists {schema}.{}()",
                     Ident::new(FUNCTION)
                 ))
-                .await?;
+                .await
+                .map_err(sql("dropping the fence trigger function"))?;
         }
     }
     Ok(dropped)

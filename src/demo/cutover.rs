@@ -154,20 +154,21 @@ impl Feed {
     /// Subscribes to the channel `cfg`'s controller publishes its
     /// decisions on; returns once subscribed.
     pub async fn subscribe(cfg: &ValidatedConfig) -> Result<Feed, Error> {
-        let Some(url) = &cfg.redis.url else {
+        if cfg.redis.url.is_none() {
             return Err(Error::Internal("the demo's config has no [redis] url".into()));
-        };
+        }
         let failed = |detail: String| {
             Error::DemoCluster(ClusterError::Step {
                 step: "subscribing to the controller's decisions",
                 detail,
             })
         };
-        let channel = TrafficRedis::new(url, &cfg.redis.key_prefix)
+        let channel = TrafficRedis::new(&cfg.redis)
             .map_err(|e| failed(e.to_string()))?
             .traffic_key()
             .to_owned();
-        let client = crate::traffic::redis::client(url).map_err(|e| failed(e.to_string()))?;
+        let client =
+            crate::traffic::redis::client(&cfg.redis).map_err(|e| failed(e.to_string()))?;
         let mut pubsub = client.get_async_pubsub().await.map_err(|e| failed(e.to_string()))?;
         pubsub.subscribe(&channel).await.map_err(|e| failed(e.to_string()))?;
         let (tx, messages) = mpsc::channel(FEED_CAPACITY);

@@ -218,6 +218,9 @@ pub struct SlotInfo {
     pub confirmed_flush_lsn: Option<Lsn>,
     /// WAL the slot keeps from being recycled, in bytes.
     pub retained_wal_bytes: Option<i64>,
+    /// `wal_status`: `reserved`, `extended`, `unreserved`, or `lost` (the
+    /// WAL it needs was removed: the slot can never be read again).
+    pub wal_status: Option<String>,
 }
 
 /// Looks a replication slot up by name.
@@ -229,7 +232,7 @@ pub async fn slot_info(
         .query_opt(
             "select slot_name::text, plugin::text, database::text, temporary, active_pid, \
              confirmed_flush_lsn::text, \
-             pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::int8 \
+             pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::int8, wal_status::text \
              from pg_replication_slots where slot_name = $1",
             &[&name],
         )
@@ -244,6 +247,7 @@ pub async fn slot_info(
         active_pid: row.try_get(4)?,
         confirmed_flush_lsn: confirmed.and_then(|s| s.parse().ok()),
         retained_wal_bytes: row.try_get(6)?,
+        wal_status: row.try_get(7)?,
     }))
 }
 
@@ -268,6 +272,18 @@ pub struct PublicationInfo {
     pub tables: Vec<(String, String)>,
     /// Whether it publishes INSERT, UPDATE, DELETE, TRUNCATE.
     pub operations: [bool; 4],
+    /// The role that owns it.
+    pub owner: String,
+    /// Whether the connected role may alter or drop it (it is, or is a
+    /// member of, the owner; or a superuser).
+    pub owned: bool,
+    /// Tables published with a row filter or a column list (PostgreSQL
+    /// 15+), as (schema, table, what).
+    pub filtered: Vec<(String, String, String)>,
+    /// `publish_via_partition_root`: changes to a partition are published
+    /// as changes of the partitioned table it belongs to (otherwise as the
+    /// partition's own, which a mapping of the partitioned table never sees).
+    pub via_root: bool,
 }
 
 impl PublicationInfo {
@@ -285,7 +301,9 @@ pub async fn publication_info(
 ) -> Result<Option<PublicationInfo>, tokio_postgres::Error> {
     let row = client
         .query_opt(
-            "select puballtables, pubinsert, pubupdate, pubdelete, pubtruncate \
+            "select puballtables, pubinsert, pubupdate, pubdelete, pubtruncate, \
+                    pg_get_userbyid(pubowner)::text, pg_has_role(pubowner, 'USAGE'), \
+                    current_setting('server_version_num')::int, pubviaroot \
              from pg_publication where pubname = $1",
             &[&name],
         )
@@ -301,9 +319,172 @@ pub async fn publication_info(
         .iter()
         .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
         .collect::<Result<Vec<_>, tokio_postgres::Error>>()?;
+    let version: i32 = row.try_get(7)?;
+    // Row filters and column lists exist from PostgreSQL 15 on.
+    let filtered = if version >= 150_000 {
+        client
+            .query(
+                "select n.nspname::text, c.relname::text, \
+                        concat_ws(' and ', \
+                            case when r.prqual is not null then 'a row filter (where ' || \
+                                pg_get_expr(r.prqual, r.prrelid) || ')' end, \
+                            case when r.prattrs is not null then 'a column list' end) \
+                 from pg_publication_rel r join pg_publication p on p.oid = r.prpubid \
+                 join pg_class c on c.oid = r.prrelid join pg_namespace n on n.oid = c.relnamespace \
+                 where p.pubname = $1 and (r.prqual is not null or r.prattrs is not null) \
+                 order by 1, 2",
+                &[&name],
+            )
+            .await?
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+            .collect::<Result<Vec<_>, tokio_postgres::Error>>()?
+    } else {
+        Vec::new()
+    };
     Ok(Some(PublicationInfo {
         all_tables: row.try_get(0)?,
         tables,
         operations: [row.try_get(1)?, row.try_get(2)?, row.try_get(3)?, row.try_get(4)?],
+        owner: row.try_get(5)?,
+        owned: row.try_get(6)?,
+        filtered,
+        via_root: row.try_get(8)?,
     }))
+}
+
+/// The partitioned tables (`relkind 'p'`) among `tables`.
+pub async fn partitioned_tables(
+    client: &Client,
+    tables: &[&QualifiedName],
+) -> Result<Vec<QualifiedName>, tokio_postgres::Error> {
+    let mut out = Vec::new();
+    for table in tables {
+        let partitioned: bool = client
+            .query_one(
+                "select exists (select 1 from pg_class c \
+                 join pg_namespace n on n.oid = c.relnamespace \
+                 where n.nspname = $1 and c.relname = $2 and c.relkind = 'p')",
+                &[&table.raw_schema(), &table.raw_name()],
+            )
+            .await?
+            .try_get(0)?;
+        if partitioned {
+            out.push((*table).clone());
+        }
+    }
+    Ok(out)
+}
+
+/// Who owns a table and whether the connected role has the owner's
+/// privileges (it is, or is a member of, the owner; or a superuser).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableOwner {
+    /// The table.
+    pub table: QualifiedName,
+    /// Its owner.
+    pub owner: String,
+    /// Whether the connected role acts as the owner.
+    pub owned: bool,
+}
+
+/// The owners of the `tables` that exist.
+pub async fn table_owners(
+    client: &Client,
+    tables: &[&QualifiedName],
+) -> Result<Vec<TableOwner>, tokio_postgres::Error> {
+    let mut owners = Vec::new();
+    for table in tables {
+        let row = client
+            .query_opt(
+                "select pg_get_userbyid(c.relowner)::text, pg_has_role(c.relowner, 'USAGE') \
+                 from pg_class c join pg_namespace n on n.oid = c.relnamespace \
+                 where n.nspname = $1 and c.relname = $2",
+                &[&table.raw_schema(), &table.raw_name()],
+            )
+            .await?;
+        if let Some(row) = row {
+            owners.push(TableOwner {
+                table: (*table).clone(),
+                owner: row.try_get(0)?,
+                owned: row.try_get(1)?,
+            });
+        }
+    }
+    Ok(owners)
+}
+
+/// The connected role and what it may create in its database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoleInfo {
+    /// `current_user`.
+    pub user: String,
+    /// `current_database()`.
+    pub database: String,
+    /// Whether it may create schemas and publications in the database
+    /// (`CREATE` on it).
+    pub create_on_database: bool,
+}
+
+/// [`RoleInfo`] of the connected session.
+pub async fn role_info(client: &Client) -> Result<RoleInfo, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "select current_user::text, current_database()::text, \
+                    has_database_privilege(current_database(), 'CREATE')",
+            &[],
+        )
+        .await?;
+    Ok(RoleInfo {
+        user: row.try_get(0)?,
+        database: row.try_get(1)?,
+        create_on_database: row.try_get(2)?,
+    })
+}
+
+/// A schema as the connected role may use it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchemaAccess {
+    /// Its owner, if it exists.
+    pub owner: Option<String>,
+    /// Whether the connected role may create objects in it (`USAGE` and
+    /// `CREATE`; false when it does not exist).
+    pub can_create_in: bool,
+}
+
+/// How the connected role may use schema `name`.
+pub async fn schema_access(
+    client: &Client,
+    name: &str,
+) -> Result<SchemaAccess, tokio_postgres::Error> {
+    let row = client
+        .query_opt(
+            "select pg_get_userbyid(nspowner)::text, \
+                    has_schema_privilege(oid, 'USAGE') and has_schema_privilege(oid, 'CREATE') \
+             from pg_namespace where nspname = $1",
+            &[&name],
+        )
+        .await?;
+    Ok(match row {
+        Some(row) => SchemaAccess { owner: row.try_get(0)?, can_create_in: row.try_get(1)? },
+        None => SchemaAccess { owner: None, can_create_in: false },
+    })
+}
+
+/// The sequences that feed columns of `table` (identity and serial
+/// columns), as `pg_get_serial_sequence` names them.
+pub async fn serial_sequences(
+    client: &Client,
+    table: &QualifiedName,
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "select s from (select pg_get_serial_sequence($1, attname) as s \
+                            from pg_attribute where attrelid = to_regclass($1) \
+                            and attnum > 0 and not attisdropped order by attnum) x \
+             where s is not null",
+            &[&table.to_string()],
+        )
+        .await?;
+    rows.iter().map(|r| r.try_get(0)).collect()
 }

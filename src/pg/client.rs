@@ -11,14 +11,18 @@ use std::time::Duration;
 use tokio_postgres::Client;
 
 use crate::pg::conninfo::ConnInfo;
-use crate::pg::tls::{self, TlsError};
+use crate::pg::watchdog::ReplyWatchdog;
+use crate::replication::wire::{self, DEFAULT_CONNECT_TIMEOUT, WireError};
+
+/// Without `receive_timeout_ms`: how long a connection may owe a reply.
+pub const DEFAULT_RECEIVE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Errors opening a regular SQL connection.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    /// TLS could not be configured.
+    /// The socket or TLS could not be set up.
     #[error(transparent)]
-    Tls(#[from] TlsError),
+    Socket(#[from] WireError),
     /// Connecting, authenticating or the session set-up failed.
     #[error("cannot connect to {endpoint}: {source}")]
     Connect {
@@ -48,19 +52,37 @@ impl SessionLimits {
 
 /// Opens a connection for `role` (appended to `walshift:` in
 /// `application_name`) and applies `limits`.
+///
+/// walshift opens the socket and negotiates TLS itself (the code the
+/// replication connection uses) and hands tokio-postgres the decrypted
+/// stream behind a [`ReplyWatchdog`], so a server that stops answering
+/// without closing the socket (a half-open TCP connection) fails the session
+/// after `receive_timeout` instead of hanging it forever.
 pub async fn connect(
     info: &ConnInfo,
     role: &str,
     limits: SessionLimits,
 ) -> Result<Client, ConnectError> {
     let info = info.with_application_name(&format!("walshift:{role}"));
-    let endpoint = info.redacted();
-    let config = info.to_tokio_postgres();
-    let connector = tokio_postgres_rustls::MakeRustlsConnect::new(tls::build_config(&info)?);
-    let (client, connection) = config
-        .connect(connector)
-        .await
-        .map_err(|source| ConnectError::Connect { endpoint: endpoint.clone(), source })?;
+    let endpoint = wire::endpoint(&info);
+    let timeout = info.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+    let receive_timeout = info.receive_timeout.unwrap_or(DEFAULT_RECEIVE_TIMEOUT);
+    let connecting = async {
+        let stream = wire::open_stream(&info, &endpoint).await?;
+        let mut config = info.to_tokio_postgres();
+        // TLS is already negotiated on `stream`.
+        config.ssl_mode(tokio_postgres::config::SslMode::Disable);
+        config
+            .connect_raw(ReplyWatchdog::new(stream, receive_timeout), tokio_postgres::NoTls)
+            .await
+            .map_err(|source| ConnectError::Connect { endpoint: info.redacted(), source })
+    };
+    let (client, connection) = match tokio::time::timeout(timeout, connecting).await {
+        Ok(result) => result?,
+        Err(_) => {
+            return Err(WireError::ConnectTimeout { endpoint: info.redacted(), timeout }.into());
+        }
+    };
     crate::runtime::tasks::spawn_named("pg-connection", async move {
         if let Err(error) = connection.await {
             tracing::debug!(error = %error, "sql connection ended");
@@ -74,7 +96,7 @@ pub async fn connect(
     client
         .batch_execute(&set)
         .await
-        .map_err(|source| ConnectError::Connect { endpoint, source })?;
+        .map_err(|source| ConnectError::Connect { endpoint: info.redacted(), source })?;
     Ok(client)
 }
 

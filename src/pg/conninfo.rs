@@ -153,6 +153,10 @@ pub struct ConnInfo {
     pub application_name: Option<String>,
     /// Give up connecting after this long (`None`: wait indefinitely).
     pub connect_timeout: Option<Duration>,
+    /// Treat the connection as dead when the server owes a reply and sends
+    /// nothing for this long (`None`: wait indefinitely). Not a libpq key:
+    /// set from walshift's config (`receive_timeout_ms`).
+    pub receive_timeout: Option<Duration>,
     /// Command-line options sent to the server (`-c name=value …`), as given.
     pub options: Option<String>,
 }
@@ -826,6 +830,7 @@ fn resolve(
         ssl_key,
         application_name,
         connect_timeout,
+        receive_timeout: None,
         options,
     })
 }
@@ -921,6 +926,7 @@ mod tests {
                     ssl_key: None,
                     application_name: None,
                     connect_timeout: None,
+                    receive_timeout: None,
                     options: None,
                 },
                 "{input:?}"

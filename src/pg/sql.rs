@@ -209,12 +209,192 @@ impl FromStr for QualifiedName {
     }
 }
 
-/// A name that reads back unchanged without quotes: lower-case ASCII letters,
-/// digits, `_` and `$`, not starting with a digit or `$`.
+/// A name that reads back unchanged without quotes, in the config and in
+/// SQL: lower-case ASCII letters, digits, `_` and `$`, not starting with a
+/// digit or `$`, and not a keyword SQL needs quoted (`user`, `order`).
 fn is_plain(name: &str) -> bool {
     let mut chars = name.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_')
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '$')
+        && !is_keyword(name)
+}
+
+/// Keywords that cannot be used as a column or table name without quotes:
+/// every keyword Postgres does not class as unreserved (reserved,
+/// `col_name` and `type_func_name` keywords, `pg_get_keywords()` with
+/// `catcode <> 'U'`, PostgreSQL 15 plus the ones 16 and 17 added). Sorted,
+/// for binary search. Postgres's own `quote_identifier` quotes the same set.
+const KEYWORDS: &[&str] = &[
+    "all",
+    "analyse",
+    "analyze",
+    "and",
+    "any",
+    "array",
+    "as",
+    "asc",
+    "asymmetric",
+    "authorization",
+    "between",
+    "bigint",
+    "binary",
+    "bit",
+    "boolean",
+    "both",
+    "case",
+    "cast",
+    "char",
+    "character",
+    "check",
+    "coalesce",
+    "collate",
+    "collation",
+    "column",
+    "concurrently",
+    "constraint",
+    "create",
+    "cross",
+    "current_catalog",
+    "current_date",
+    "current_role",
+    "current_schema",
+    "current_time",
+    "current_timestamp",
+    "current_user",
+    "dec",
+    "decimal",
+    "default",
+    "deferrable",
+    "desc",
+    "distinct",
+    "do",
+    "else",
+    "end",
+    "except",
+    "exists",
+    "extract",
+    "false",
+    "fetch",
+    "float",
+    "for",
+    "foreign",
+    "freeze",
+    "from",
+    "full",
+    "grant",
+    "greatest",
+    "group",
+    "grouping",
+    "having",
+    "ilike",
+    "in",
+    "initially",
+    "inner",
+    "inout",
+    "int",
+    "integer",
+    "intersect",
+    "interval",
+    "into",
+    "is",
+    "isnull",
+    "join",
+    "json",
+    "json_array",
+    "json_arrayagg",
+    "json_exists",
+    "json_object",
+    "json_objectagg",
+    "json_query",
+    "json_scalar",
+    "json_serialize",
+    "json_table",
+    "json_value",
+    "lateral",
+    "leading",
+    "least",
+    "left",
+    "like",
+    "limit",
+    "localtime",
+    "localtimestamp",
+    "merge_action",
+    "national",
+    "natural",
+    "nchar",
+    "none",
+    "normalize",
+    "not",
+    "notnull",
+    "null",
+    "nullif",
+    "numeric",
+    "offset",
+    "on",
+    "only",
+    "or",
+    "order",
+    "out",
+    "outer",
+    "overlaps",
+    "overlay",
+    "placing",
+    "position",
+    "precision",
+    "primary",
+    "real",
+    "references",
+    "returning",
+    "right",
+    "row",
+    "select",
+    "session_user",
+    "setof",
+    "similar",
+    "smallint",
+    "some",
+    "substring",
+    "symmetric",
+    "system_user",
+    "table",
+    "tablesample",
+    "then",
+    "time",
+    "timestamp",
+    "to",
+    "trailing",
+    "treat",
+    "trim",
+    "true",
+    "union",
+    "unique",
+    "user",
+    "using",
+    "values",
+    "varchar",
+    "variadic",
+    "verbose",
+    "when",
+    "where",
+    "window",
+    "with",
+    "xmlattributes",
+    "xmlconcat",
+    "xmlelement",
+    "xmlexists",
+    "xmlforest",
+    "xmlnamespaces",
+    "xmlparse",
+    "xmlpi",
+    "xmlroot",
+    "xmlserialize",
+    "xmltable",
+];
+
+/// Whether `word` (any case) is a keyword that SQL needs quoted when it is
+/// meant as a name: `user` alone is `current_user`, `order` a syntax error.
+pub fn is_keyword(word: &str) -> bool {
+    word.len() <= 20 && KEYWORDS.binary_search(&word.to_ascii_lowercase().as_str()).is_ok()
 }
 
 fn is_ident_start(c: char) -> bool {
@@ -402,6 +582,25 @@ mod tests {
             assert_eq!(qn(&name.readable()), name);
             assert_eq!(qn(&name.to_string()), name);
         }
+    }
+
+    #[test]
+    fn readable_quotes_keywords_so_messages_are_valid_sql() {
+        assert!(KEYWORDS.windows(2).all(|w| w[0] < w[1]), "KEYWORDS must stay sorted");
+        for (raw, readable) in [
+            (("public", "user"), r#"public."user""#),
+            (("order", "select"), r#""order"."select""#),
+            (("public", "users"), "public.users"),
+            // Unreserved keywords need no quotes.
+            (("public", "name"), "public.name"),
+            (("public", "Order"), r#"public."Order""#),
+        ] {
+            let name = QualifiedName::new(raw.0, raw.1);
+            assert_eq!(name.readable(), readable);
+            assert_eq!(qn(readable), name);
+        }
+        assert!(is_keyword("USER") && is_keyword("select") && !is_keyword("usage_events"));
+        assert_eq!(Ident::new("end").readable(), r#""end""#);
     }
 
     #[test]

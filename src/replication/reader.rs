@@ -26,7 +26,10 @@
 //! [`CHUNK_MAX_ITEMS`] or [`CHUNK_MAX_BYTES`]); the channel holds
 //! [`CHANNEL_CHUNKS`] chunks. When the applier falls behind, the reader stops
 //! reading the socket, so lag shows up as WAL on the source rather than as
-//! memory here; while it waits it still answers keepalives.
+//! memory here; while it waits it still answers keepalives. A chunk holding a
+//! row larger than [`CHUNK_MAX_BYTES`] (a 200 MB value) is only sent into an
+//! empty channel, so such rows are never queued behind each other: at most
+//! three are held at once (one being written, one queued, one just read).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -53,7 +56,8 @@ pub const CHUNK_MAX_BYTES: usize = 4 << 20;
 
 /// Chunks in flight between reader and applier: enough to keep the applier
 /// busy while the reader decodes the next socket read (about two default
-/// batches), and at most `CHANNEL_CHUNKS * CHUNK_MAX_BYTES` (32 MiB) of rows.
+/// batches), and at most `CHANNEL_CHUNKS * CHUNK_MAX_BYTES` (32 MiB) of rows,
+/// or one chunk with a row larger than that (see the module doc).
 pub const CHANNEL_CHUNKS: usize = 8;
 
 /// Errors of the reader.
@@ -132,6 +136,8 @@ pub struct Reader {
     durable: watch::Receiver<Lsn>,
     chunk: Vec<StreamItem>,
     chunk_bytes: usize,
+    /// The chunk holds an item larger than [`CHUNK_MAX_BYTES`].
+    chunk_oversized: bool,
     stats: ReaderStats,
     lag: Option<Arc<Lag>>,
     pipeline: Option<crate::runtime::pipeline::Pipeline>,
@@ -175,6 +181,7 @@ impl Reader {
             durable,
             chunk: Vec::with_capacity(CHUNK_MAX_ITEMS),
             chunk_bytes: 0,
+            chunk_oversized: false,
             stats: ReaderStats::default(),
             lag: None,
             pipeline: None,
@@ -270,8 +277,13 @@ impl Reader {
         let Reader { mut stream, mut durable, tx, stats, .. } = self;
         drop(tx);
         while durable.changed().await.is_ok() {}
-        stream.confirm_flushed(*durable.borrow());
+        let position = *durable.borrow();
+        stream.confirm_flushed(position);
         stream.close().await?;
+        tracing::info!(
+            position = %position,
+            "stopped: reported the final durable position to the slot"
+        );
         Ok(stats)
     }
 
@@ -285,20 +297,24 @@ impl Reader {
     }
 
     /// Sends the current chunk, answering keepalives while the channel is
-    /// full. Returns false when the applier is gone.
+    /// full (or, for a chunk with an oversized row, not empty). Returns false
+    /// when the applier is gone.
     async fn send_chunk(&mut self) -> Result<bool, ReaderError> {
         let chunk = std::mem::replace(&mut self.chunk, Vec::with_capacity(CHUNK_MAX_ITEMS));
         self.chunk_bytes = 0;
+        // Every slot free means the channel is empty.
+        let slots =
+            if std::mem::take(&mut self.chunk_oversized) { self.tx.max_capacity() } else { 1 };
         loop {
             let status_at = self.stream.next_status_at();
             tokio::select! {
-                permit = self.tx.reserve() => {
-                    return match permit {
-                        Ok(permit) => {
+                permits = self.tx.reserve_many(slots) => {
+                    return match permits.map(|mut p| p.next()) {
+                        Ok(Some(permit)) => {
                             permit.send(chunk);
                             Ok(true)
                         }
-                        Err(_) => Ok(false),
+                        Ok(None) | Err(_) => Ok(false),
                     };
                 }
                 () = tokio::time::sleep_until(status_at.into()) => {
@@ -311,7 +327,9 @@ impl Reader {
     }
 
     fn push(&mut self, item: StreamItem) {
-        self.chunk_bytes += item.size_hint();
+        let size = item.size_hint();
+        self.chunk_bytes += size;
+        self.chunk_oversized |= size > CHUNK_MAX_BYTES;
         self.chunk.push(item);
     }
 

@@ -66,6 +66,14 @@ pub enum StreamError {
     /// The server ended the stream.
     #[error("server ended the replication stream")]
     Ended,
+    /// Nothing arrived for `receive_timeout_ms`, although a reply was asked
+    /// for at half of it: the network path or the server is stuck.
+    #[error(
+        "no message from the server for {} ms (receive_timeout_ms); \
+         the replication connection is treated as dead",
+        .0.as_millis()
+    )]
+    ReceiveTimeout(Duration),
 }
 
 impl StreamError {
@@ -73,7 +81,7 @@ impl StreamError {
     pub fn is_transient(&self) -> bool {
         match self {
             StreamError::Wire(e) => e.is_transient(),
-            StreamError::Ended => true,
+            StreamError::Ended | StreamError::ReceiveTimeout(_) => true,
             StreamError::Protocol(_) | StreamError::Decode { .. } => false,
         }
     }
@@ -118,6 +126,12 @@ pub struct LogicalStream {
     reported: Lsn,
     reply_pending: bool,
     status_buf: BytesMut,
+    /// See [`crate::config::DEFAULT_RECEIVE_TIMEOUT_MS`]; `None`: wait forever.
+    receive_timeout: Option<Duration>,
+    /// When bytes last arrived from the server.
+    last_received: Instant,
+    /// Whether a reply was asked for since bytes last arrived.
+    pinged: bool,
 }
 
 impl LogicalStream {
@@ -137,6 +151,9 @@ impl LogicalStream {
             reported: Lsn::ZERO,
             reply_pending: false,
             status_buf: BytesMut::with_capacity(64),
+            receive_timeout: info.receive_timeout,
+            last_received: Instant::now(),
+            pinged: false,
         })
     }
 
@@ -165,9 +182,24 @@ impl LogicalStream {
         }
     }
 
-    /// Reads more bytes from the server. Cancel-safe.
+    /// Reads more bytes from the server. Cancel-safe. Fails with
+    /// [`StreamError::ReceiveTimeout`] when nothing has arrived for the
+    /// receive timeout (bytes already waiting in the socket always win over
+    /// the deadline, so time spent not reading is not held against the server).
     pub async fn fill(&mut self) -> Result<(), StreamError> {
-        Ok(self.conn.fill().await?)
+        let Some(limit) = self.receive_timeout else {
+            return Ok(self.conn.fill().await?);
+        };
+        let deadline = self.last_received + limit;
+        match tokio::time::timeout_at(deadline.into(), self.conn.fill()).await {
+            Ok(filled) => {
+                filled?;
+                self.last_received = Instant::now();
+                self.pinged = false;
+                Ok(())
+            }
+            Err(_) => Err(StreamError::ReceiveTimeout(limit)),
+        }
     }
 
     /// Records that everything up to `lsn` is durably processed. Never
@@ -181,15 +213,31 @@ impl LogicalStream {
         self.flushed
     }
 
-    /// When the next periodic status update is due.
+    /// When the next status update is due: the periodic one, or the one
+    /// asking for a reply when the server has been silent for half the
+    /// receive timeout.
     pub fn next_status_at(&self) -> Instant {
-        self.last_status + self.status_interval
+        let periodic = self.last_status + self.status_interval;
+        match self.ping_at() {
+            Some(ping) => periodic.min(ping),
+            None => periodic,
+        }
+    }
+
+    fn ping_at(&self) -> Option<Instant> {
+        let limit = self.receive_timeout?;
+        (!self.pinged).then(|| self.last_received + limit / 2)
     }
 
     /// Sends a status update if one is due, was requested by the server, or
-    /// `force` is set.
+    /// `force` is set; it asks for a reply when the server has been silent
+    /// for half the receive timeout.
     pub async fn send_status_if_due(&mut self, force: bool) -> Result<(), StreamError> {
-        if force || self.reply_pending || Instant::now() >= self.next_status_at() {
+        let now = Instant::now();
+        if self.ping_at().is_some_and(|ping| now >= ping) {
+            self.pinged = true;
+            self.send_status(true).await?;
+        } else if force || self.reply_pending || now >= self.last_status + self.status_interval {
             self.send_status(false).await?;
         }
         Ok(())

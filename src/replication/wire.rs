@@ -17,6 +17,12 @@
 //! bytes from the socket (cancel-safe, so it can sit in a `select!`).
 //! `CopyData` payloads are handed out as `Bytes` slices of the read buffer:
 //! nothing is copied between the socket and the pgoutput decoder.
+//!
+//! The framing itself is the pure [`parse_copy_both_frame`] (a fuzz target,
+//! see `docs/fuzzing.md`). A frame's length field is untrusted: one longer
+//! than [`MAX_MESSAGE_LEN`] is an error, and a partial frame reserves at most
+//! [`MAX_RESERVE_AHEAD`] bytes ahead, so memory grows with the bytes that
+//! actually arrive, never with what a header claims.
 
 use std::fmt;
 use std::io;
@@ -38,10 +44,26 @@ use crate::pg::tls::{self, TlsError};
 /// Default time allowed for TCP connect, TLS and authentication.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long [`ReplicationConnection::close`] waits for the server to end
+/// the replication stream.
+pub const CLOSE_LINGER: Duration = Duration::from_secs(10);
+
 /// Bytes requested from the socket per read. Large enough that one read
 /// carries hundreds of small pgoutput messages; the buffer itself grows only
 /// as far as the largest single message needs.
 const READ_CHUNK_BYTES: usize = 128 * 1024;
+
+/// Longest backend message accepted, as its length field counts it (the
+/// body plus the 4 length bytes). The server builds each message, XLogData
+/// header included, in a `StringInfo`, which cannot exceed 1 GiB
+/// (`MaxAllocSize`), so a longer length is a corrupt stream.
+pub const MAX_MESSAGE_LEN: usize = (1 << 30) + 4;
+
+/// Most bytes reserved at once for the rest of a partial frame. Reserving
+/// the whole announced length would let one header allocate up to
+/// [`MAX_MESSAGE_LEN`] before any of it arrives; beyond this, the buffer
+/// grows with [`ReplicationConnection::fill`] as data comes in.
+pub const MAX_RESERVE_AHEAD: usize = 8 * 1024 * 1024;
 
 /// An error reported by the server in an `ErrorResponse`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -192,8 +214,8 @@ impl WireError {
     }
 }
 
-/// The socket under the connection.
-enum Stream {
+/// The socket under a connection: TCP, unix socket, or TLS over TCP.
+pub(crate) enum Stream {
     Tcp(TcpStream),
     Unix(UnixStream),
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
@@ -301,25 +323,7 @@ impl ReplicationConnection {
         info: &ConnInfo,
         endpoint: &str,
     ) -> Result<ReplicationConnection, WireError> {
-        let connect_err =
-            |source: io::Error| WireError::Connect { endpoint: endpoint.to_owned(), source };
-        let stream = match &info.host {
-            Host::Unix(dir) => {
-                let path = dir.join(format!(".s.PGSQL.{}", info.port));
-                Stream::Unix(UnixStream::connect(path).await.map_err(connect_err)?)
-            }
-            Host::Tcp(host) => {
-                // As in libpq, hostaddr (when given) is where we connect and
-                // host is the name the server certificate is checked against.
-                let tcp = match info.hostaddr {
-                    Some(addr) => TcpStream::connect((addr, info.port)).await,
-                    None => TcpStream::connect((host.as_str(), info.port)).await,
-                }
-                .map_err(connect_err)?;
-                tcp.set_nodelay(true).map_err(connect_err)?;
-                Self::negotiate_tls(tcp, info, host, endpoint).await?
-            }
-        };
+        let stream = open_stream(info, endpoint).await?;
         let mut conn = ReplicationConnection {
             stream,
             read_buf: BytesMut::with_capacity(READ_CHUNK_BYTES),
@@ -329,40 +333,66 @@ impl ReplicationConnection {
         conn.startup(info).await?;
         Ok(conn)
     }
+}
 
-    async fn negotiate_tls(
-        mut tcp: TcpStream,
-        info: &ConnInfo,
-        host: &str,
-        endpoint: &str,
-    ) -> Result<Stream, WireError> {
-        let Some(config) = tls::client_config(info)? else {
-            return Ok(Stream::Tcp(tcp));
-        };
-        let mut buf = BytesMut::new();
-        frontend::ssl_request(&mut buf);
-        tcp.write_all(&buf).await?;
-        let answer = tcp.read_u8().await?;
-        match answer {
-            b'S' => {
-                let name = tls::server_name(host)?;
-                let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-                let tls = connector.connect(name, tcp).await.map_err(|source| {
-                    TlsError::Handshake { endpoint: endpoint.to_owned(), source }
-                })?;
-                Ok(Stream::Tls(Box::new(tls)))
+/// Opens the socket `info` names and negotiates TLS per its `sslmode`: the
+/// stream a startup packet goes over next. Shared by the replication
+/// connection and the regular SQL connections ([`crate::pg::client`]).
+pub(crate) async fn open_stream(info: &ConnInfo, endpoint: &str) -> Result<Stream, WireError> {
+    let connect_err =
+        |source: io::Error| WireError::Connect { endpoint: endpoint.to_owned(), source };
+    match &info.host {
+        Host::Unix(dir) => {
+            let path = dir.join(format!(".s.PGSQL.{}", info.port));
+            Ok(Stream::Unix(UnixStream::connect(path).await.map_err(connect_err)?))
+        }
+        Host::Tcp(host) => {
+            // As in libpq, hostaddr (when given) is where we connect and
+            // host is the name the server certificate is checked against.
+            let tcp = match info.hostaddr {
+                Some(addr) => TcpStream::connect((addr, info.port)).await,
+                None => TcpStream::connect((host.as_str(), info.port)).await,
             }
-            b'N' if !tls::requires_tls(info.ssl_mode) => Ok(Stream::Tcp(tcp)),
-            b'N' => {
-                Err(WireError::TlsRefused { endpoint: endpoint.to_owned(), mode: info.ssl_mode })
-            }
-            other => Err(WireError::Unexpected {
-                expected: "SSLRequest answer 'S' or 'N'",
-                tag: char::from(other),
-            }),
+            .map_err(connect_err)?;
+            tcp.set_nodelay(true).map_err(connect_err)?;
+            negotiate_tls(tcp, info, host, endpoint).await
         }
     }
+}
 
+async fn negotiate_tls(
+    mut tcp: TcpStream,
+    info: &ConnInfo,
+    host: &str,
+    endpoint: &str,
+) -> Result<Stream, WireError> {
+    let Some(config) = tls::client_config(info)? else {
+        return Ok(Stream::Tcp(tcp));
+    };
+    let mut buf = BytesMut::new();
+    frontend::ssl_request(&mut buf);
+    tcp.write_all(&buf).await?;
+    let answer = tcp.read_u8().await?;
+    match answer {
+        b'S' => {
+            let name = tls::server_name(host)?;
+            let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+            let tls = connector
+                .connect(name, tcp)
+                .await
+                .map_err(|source| TlsError::Handshake { endpoint: endpoint.to_owned(), source })?;
+            Ok(Stream::Tls(Box::new(tls)))
+        }
+        b'N' if !tls::requires_tls(info.ssl_mode) => Ok(Stream::Tcp(tcp)),
+        b'N' => Err(WireError::TlsRefused { endpoint: endpoint.to_owned(), mode: info.ssl_mode }),
+        other => Err(WireError::Unexpected {
+            expected: "SSLRequest answer 'S' or 'N'",
+            tag: char::from(other),
+        }),
+    }
+}
+
+impl ReplicationConnection {
     async fn startup(&mut self, info: &ConnInfo) -> Result<(), WireError> {
         let mut params: Vec<(&str, &str)> = vec![
             ("user", info.user.as_str()),
@@ -573,41 +603,7 @@ impl ReplicationConnection {
     /// Parses the next CopyBoth frame out of bytes already read, without I/O.
     /// `Ok(None)` means more bytes are needed: call [`Self::fill`].
     pub fn next_buffered_frame(&mut self) -> Result<Option<CopyFrame>, WireError> {
-        loop {
-            let Some((tag, len)) = peek_header(&self.read_buf)? else {
-                return Ok(None);
-            };
-            if self.read_buf.len() < len + 1 {
-                self.read_buf.reserve(len + 1 - self.read_buf.len());
-                return Ok(None);
-            }
-            let mut frame = self.read_buf.split_to(len + 1);
-            match tag {
-                backend::COPY_DATA_TAG => {
-                    frame.advance(5);
-                    return Ok(Some(CopyFrame::Data(frame.freeze())));
-                }
-                backend::COPY_DONE_TAG => return Ok(Some(CopyFrame::Done)),
-                // Notices and parameter changes can arrive at any time.
-                backend::NOTICE_RESPONSE_TAG | backend::PARAMETER_STATUS_TAG => continue,
-                backend::ERROR_RESPONSE_TAG => {
-                    return match backend::Message::parse(&mut frame)
-                        .map_err(WireError::Malformed)?
-                    {
-                        Some(backend::Message::ErrorResponse(body)) => {
-                            Err(WireError::Server(Box::new(ServerError::from_body(&body))))
-                        }
-                        _ => Err(WireError::Closed),
-                    };
-                }
-                other => {
-                    return Err(WireError::Unexpected {
-                        expected: "CopyData or CopyDone",
-                        tag: char::from(other),
-                    });
-                }
-            }
-        }
+        parse_copy_both_frame(&mut self.read_buf)
     }
 
     /// Reads more bytes from the socket into the buffer. Cancel-safe.
@@ -629,13 +625,35 @@ impl ReplicationConnection {
         self.flush_writes().await
     }
 
-    /// Ends CopyBoth mode from our side and closes the connection politely.
+    /// Ends CopyBoth mode from our side, waits (at most [`CLOSE_LINGER`])
+    /// until the server has left it too, then closes the connection.
+    ///
+    /// The wait is what makes the messages sent just before (the final
+    /// status update, i.e. the slot's new `confirmed_flush_lsn`) count:
+    /// closing at once while the walsender is still sending makes our kernel
+    /// answer its next segment with a reset, and a reset discards whatever
+    /// the walsender had not read yet, our last status update included.
     pub async fn close(mut self) -> Result<(), WireError> {
         frontend::copy_done(&mut self.write_buf);
-        frontend::terminate(&mut self.write_buf);
         self.flush_writes().await?;
+        let left_copy = tokio::time::timeout(CLOSE_LINGER, self.read_until_ready()).await;
+        if !matches!(left_copy, Ok(Ok(()))) {
+            tracing::debug!("the server did not end the replication stream in time; closing anyway");
+        }
+        frontend::terminate(&mut self.write_buf);
+        self.flush_writes().await.ok();
         self.stream.shutdown().await.ok();
         Ok(())
+    }
+
+    /// Reads and drops messages until `ReadyForQuery`.
+    async fn read_until_ready(&mut self) -> Result<(), WireError> {
+        loop {
+            let (tag, _) = self.read_frame().await?;
+            if tag == b'Z' {
+                return Ok(());
+            }
+        }
     }
 
     async fn flush_writes(&mut self) -> Result<(), WireError> {
@@ -669,7 +687,51 @@ impl ReplicationConnection {
     }
 }
 
-/// Reads the 5-byte header (tag, length including itself) of the next frame.
+/// Takes the next CopyBoth-mode frame off the front of `buf`: pure, no I/O.
+///
+/// Returns `Ok(None)` when `buf` does not hold a whole frame yet (it then
+/// reserves room for the rest, at most [`MAX_RESERVE_AHEAD`] bytes), skips
+/// notices and parameter changes, turns an `ErrorResponse` into
+/// [`WireError::Server`] and any other message into an error. A `CopyData`
+/// payload is a slice of `buf`, not a copy.
+pub fn parse_copy_both_frame(buf: &mut BytesMut) -> Result<Option<CopyFrame>, WireError> {
+    loop {
+        let Some((tag, len)) = peek_header(buf)? else {
+            return Ok(None);
+        };
+        if buf.len() <= len {
+            buf.reserve((len + 1 - buf.len()).min(MAX_RESERVE_AHEAD));
+            return Ok(None);
+        }
+        let mut frame = buf.split_to(len + 1);
+        match tag {
+            backend::COPY_DATA_TAG => {
+                frame.advance(5);
+                return Ok(Some(CopyFrame::Data(frame.freeze())));
+            }
+            backend::COPY_DONE_TAG => return Ok(Some(CopyFrame::Done)),
+            // Notices and parameter changes can arrive at any time.
+            backend::NOTICE_RESPONSE_TAG | backend::PARAMETER_STATUS_TAG => continue,
+            backend::ERROR_RESPONSE_TAG => {
+                return match backend::Message::parse(&mut frame).map_err(WireError::Malformed)? {
+                    Some(backend::Message::ErrorResponse(body)) => {
+                        Err(WireError::Server(Box::new(ServerError::from_body(&body))))
+                    }
+                    _ => Err(WireError::Closed),
+                };
+            }
+            other => {
+                return Err(WireError::Unexpected {
+                    expected: "CopyData or CopyDone",
+                    tag: char::from(other),
+                });
+            }
+        }
+    }
+}
+
+/// Reads the 5-byte header (tag, length including itself) of the next frame;
+/// a length below 4 or above [`MAX_MESSAGE_LEN`] is an error.
 fn peek_header(buf: &[u8]) -> Result<Option<(u8, usize)>, WireError> {
     let Some(header) = backend::Header::parse(buf).map_err(WireError::Malformed)? else {
         return Ok(None);
@@ -681,6 +743,12 @@ fn peek_header(buf: &[u8]) -> Result<Option<(u8, usize)>, WireError> {
         return Err(WireError::Malformed(io::Error::new(
             io::ErrorKind::InvalidData,
             "frame length shorter than its header",
+        )));
+    }
+    if len > MAX_MESSAGE_LEN {
+        return Err(WireError::Malformed(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "frame length over 1 GiB, the most a server message can hold",
         )));
     }
     Ok(Some((header.tag(), len)))
@@ -700,7 +768,7 @@ fn unexpected(expected: &'static str, message: &backend::Message) -> WireError {
     WireError::Unexpected { expected, tag }
 }
 
-fn endpoint(info: &ConnInfo) -> String {
+pub(crate) fn endpoint(info: &ConnInfo) -> String {
     match &info.host {
         Host::Tcp(host) if host.contains(':') => format!("[{host}]:{}", info.port),
         Host::Tcp(host) => format!("{host}:{}", info.port),
@@ -718,6 +786,79 @@ mod tests {
         assert!(peek_header(b"d\xff\xff\xff\xff").is_err());
         assert!(peek_header(b"d\0\0").unwrap().is_none());
         assert_eq!(peek_header(b"d\0\0\0\x09rest").unwrap(), Some((b'd', 9)));
+        let max = u32::try_from(MAX_MESSAGE_LEN).unwrap().to_be_bytes();
+        let over = u32::try_from(MAX_MESSAGE_LEN + 1).unwrap().to_be_bytes();
+        assert_eq!(
+            peek_header(&[b'd', max[0], max[1], max[2], max[3]]).unwrap().unwrap().1,
+            MAX_MESSAGE_LEN
+        );
+        assert!(peek_header(&[b'd', over[0], over[1], over[2], over[3]]).is_err());
+    }
+
+    /// A whole frame: tag, length (counting itself), body.
+    fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        out.extend_from_slice(&u32::try_from(body.len() + 4).unwrap().to_be_bytes());
+        out.extend_from_slice(body);
+        out
+    }
+
+    #[test]
+    fn copy_both_frames_are_split_and_notices_skipped() {
+        let mut bytes = frame(b'd', b"w-payload");
+        bytes.extend(frame(b'N', b"SNOTICE\0\0"));
+        bytes.extend(frame(b'S', b"TimeZone\0UTC\0"));
+        bytes.extend(frame(b'd', b"k"));
+        bytes.extend(frame(b'c', b""));
+        let mut buf = BytesMut::from(&bytes[..]);
+        let Some(CopyFrame::Data(first)) = parse_copy_both_frame(&mut buf).unwrap() else {
+            panic!("expected CopyData");
+        };
+        assert_eq!(&first[..], b"w-payload");
+        let Some(CopyFrame::Data(second)) = parse_copy_both_frame(&mut buf).unwrap() else {
+            panic!("expected CopyData after the notice and parameter status");
+        };
+        assert_eq!(&second[..], b"k");
+        assert!(matches!(parse_copy_both_frame(&mut buf).unwrap(), Some(CopyFrame::Done)));
+        assert!(parse_copy_both_frame(&mut buf).unwrap().is_none());
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn copy_both_partial_frames_wait_for_more() {
+        let bytes = frame(b'd', b"abcdef");
+        for len in 0..bytes.len() {
+            let mut buf = BytesMut::from(&bytes[..len]);
+            assert!(parse_copy_both_frame(&mut buf).unwrap().is_none(), "prefix of {len}");
+            assert_eq!(buf.len(), len, "a partial frame is left in place");
+        }
+    }
+
+    #[test]
+    fn copy_both_errors_and_unexpected_messages() {
+        let mut buf = BytesMut::from(&frame(b'E', b"SERROR\0C57P01\0Mterminating\0\0")[..]);
+        match parse_copy_both_frame(&mut buf) {
+            Err(WireError::Server(e)) => {
+                assert_eq!((e.code.as_str(), e.message.as_str()), ("57P01", "terminating"));
+            }
+            other => panic!("expected a server error, got {other:?}"),
+        }
+        let mut buf = BytesMut::from(&frame(b'Z', b"I")[..]);
+        assert!(matches!(
+            parse_copy_both_frame(&mut buf),
+            Err(WireError::Unexpected { tag: 'Z', .. })
+        ));
+        let mut buf = BytesMut::from(&b"d\x7f\xff\xff\xffw"[..]);
+        assert!(matches!(parse_copy_both_frame(&mut buf), Err(WireError::Malformed(_))));
+    }
+
+    #[test]
+    fn copy_both_length_field_does_not_size_the_buffer() {
+        // A header announcing the largest allowed frame, and nothing else.
+        let max = u32::try_from(MAX_MESSAGE_LEN).unwrap().to_be_bytes();
+        let mut buf = BytesMut::from(&[b'd', max[0], max[1], max[2], max[3], b'w'][..]);
+        assert!(parse_copy_both_frame(&mut buf).unwrap().is_none());
+        assert!(buf.capacity() <= 2 * MAX_RESERVE_AHEAD, "reserved {} bytes", buf.capacity());
     }
 
     #[test]

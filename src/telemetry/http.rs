@@ -12,6 +12,14 @@
 //! A deliberately small HTTP/1.1 server (GET and HEAD, one request per
 //! connection, bounded request size): the endpoints need nothing more, and
 //! it keeps a web framework out of the dependency tree.
+//!
+//! Security (docs/security.md): every other method is answered `405` with
+//! `allow: GET, HEAD` before the path is looked at, so no request can change
+//! anything; operator actions go through the state schema, guarded by the
+//! database's permissions. The default `[metrics] listen` is loopback
+//! (`127.0.0.1:9187`); any other address is an explicit choice in the
+//! config and is logged as a warning at start. The answers carry no secret:
+//! connection strings are never part of the status document.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -70,8 +78,9 @@ pub async fn bind(listen: SocketAddr) -> Result<(TcpListener, SocketAddr), std::
     if !addr.ip().is_loopback() {
         tracing::warn!(
             %addr,
-            "the HTTP listener is not on loopback: /status and the page are readable from the \
-             network (they hold no secret and change nothing)"
+            "metrics.listen {addr} is not a loopback address: /metrics, /status and the status \
+             page are readable by whoever can reach it (they hold no secret and change nothing); \
+             restrict it with a firewall, or listen on 127.0.0.1"
         );
     }
     tracing::info!(%addr, "serving /metrics, /healthz, /readyz, /status and the status page");
@@ -200,9 +209,10 @@ async fn respond(
         405 => "Method Not Allowed",
         _ => "Service Unavailable",
     };
+    let allow = if code == 405 { "allow: GET, HEAD\r\n" } else { "" };
     let head = format!(
         "HTTP/1.1 {code} {reason}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n\
-         cache-control: no-store\r\nconnection: close\r\n\r\n",
+         {allow}cache-control: no-store\r\nconnection: close\r\n\r\n",
         body.len()
     );
     stream.write_all(head.as_bytes()).await?;

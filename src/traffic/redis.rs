@@ -17,13 +17,25 @@
 //!
 //! The connection is a `redis` connection manager: it reconnects in the
 //! background after an error; callers retry on their own schedule.
+//!
+//! # TLS and credentials
+//!
+//! `rediss://` connects with rustls (ring), verifying the server's
+//! certificate against `[redis] tls_ca_file` (or the system's trust store
+//! without it) and the URL's host name; `#insecure` is refused by the
+//! config. A client certificate (`tls_cert_file`, `tls_key_file`) is sent
+//! when configured. The ACL user and password come from the URL
+//! (`rediss://user:password@host:port/db`) and never reach a message: errors
+//! are described from their kind (TLS verification, authentication, ACL)
+//! plus the server's own text, which names no credential.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{AsyncCommands, Script};
+use redis::{AsyncCommands, ClientTlsConfig, Script, TlsCertificates};
 
-use crate::pg::secret::Secret;
+use crate::config::RedisSettings;
 
 /// Per-command timeout: a Redis that does not answer counts as unreachable.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -86,15 +98,72 @@ pub enum RedisError {
     /// The URL did not parse.
     #[error("redis.url: {0}")]
     Url(String),
-    /// Unreachable, timed out, or an error reply.
+    /// A `[redis] tls_*` file could not be read or parsed.
+    #[error("{key}: cannot use {}: {detail}", path.display())]
+    TlsFile {
+        /// The config key (`redis.tls_ca_file`, ...).
+        key: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// Unreachable, timed out, refused the TLS handshake or the
+    /// credentials, or an error reply.
     #[error("redis: {0}")]
     Command(String),
 }
 
 impl RedisError {
     fn command(e: &redis::RedisError) -> RedisError {
-        RedisError::Command(e.to_string())
+        RedisError::Command(describe(e))
     }
+}
+
+/// A Redis error as an operator reads it: what failed and what to check.
+/// Built from the error's kind, code and the server's text (which never
+/// echoes a password), not from the URL.
+pub fn describe(e: &redis::RedisError) -> String {
+    if let Some(tls) = rustls_error(e) {
+        return format!(
+            "TLS handshake failed: {tls} (the server's certificate must chain to \
+             redis.tls_ca_file, or to the system's trust store without it, and name the host \
+             of redis.url)"
+        );
+    }
+    if e.kind() == redis::ErrorKind::AuthenticationFailed || e.code() == Some("WRONGPASS") {
+        let detail = e.detail().unwrap_or("the server refused the credentials");
+        return format!(
+            "authentication failed: {detail} (check the user and password in redis.url)"
+        );
+    }
+    if e.code() == Some("NOPERM") {
+        return format!(
+            "{e} (the ACL user of redis.url lacks a command, key or channel walshift needs: \
+             see docs/security.md)"
+        );
+    }
+    if e.code() == Some("NOAUTH") {
+        return format!("{e} (the server needs a user and password in redis.url)");
+    }
+    e.to_string()
+}
+
+/// The rustls error behind `e`, if the TLS handshake failed.
+fn rustls_error(e: &redis::RedisError) -> Option<&rustls::Error> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(cause) = source {
+        if let Some(tls) = cause.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        if let Some(io) = cause.downcast_ref::<std::io::Error>()
+            && let Some(tls) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>())
+        {
+            return Some(tls);
+        }
+        source = cause.source();
+    }
+    None
 }
 
 /// The result of taking the lease.
@@ -144,34 +213,79 @@ impl std::fmt::Debug for TrafficRedis {
     }
 }
 
-/// Opens a client for `url` (no connection yet).
-pub fn client(url: &Secret) -> Result<redis::Client, RedisError> {
-    redis::Client::open(url.expose().trim()).map_err(|e| {
-        // The redis crate's parse errors do not echo the URL.
-        RedisError::Url(format!("invalid Redis URL ({})", e.kind_name()))
-    })
-}
-
-trait KindName {
-    fn kind_name(&self) -> String;
-}
-
-impl KindName for redis::RedisError {
-    fn kind_name(&self) -> String {
-        format!("{:?}", self.kind())
+/// Opens a client for `[redis]` (no connection yet): the URL, and for
+/// `rediss://` the CA and client certificate files (read now, so a missing
+/// file is reported before anything connects).
+pub fn client(settings: &RedisSettings) -> Result<redis::Client, RedisError> {
+    let Some(url) = &settings.url else {
+        return Err(RedisError::Url("not set".into()));
+    };
+    let url = url.expose().trim();
+    // The redis crate's parse errors do not echo the URL.
+    let invalid = |e: redis::RedisError| {
+        RedisError::Url(format!("invalid Redis URL ({:?}: {})", e.kind(), describe(&e)))
+    };
+    if !url.starts_with("rediss://") {
+        return redis::Client::open(url).map_err(invalid);
     }
+    let root_cert = match &settings.tls_ca_file {
+        Some(path) => Some(read_pem("redis.tls_ca_file", path, Pem::Certificates)?),
+        None => None,
+    };
+    let client_tls = match &settings.tls_client {
+        Some((cert, key)) => Some(ClientTlsConfig {
+            client_cert: read_pem("redis.tls_cert_file", cert, Pem::Certificates)?,
+            client_key: read_pem("redis.tls_key_file", key, Pem::PrivateKey)?,
+        }),
+        None => None,
+    };
+    redis::Client::build_with_tls(url, TlsCertificates { client_tls, root_cert }).map_err(invalid)
+}
+
+/// What a PEM file must hold.
+#[derive(Clone, Copy)]
+enum Pem {
+    /// One or more certificates.
+    Certificates,
+    /// A private key.
+    PrivateKey,
+}
+
+/// Reads a PEM file and checks that it holds what `want` says, so a bad
+/// file is reported with its key before anything connects.
+fn read_pem(key: &'static str, path: &Path, want: Pem) -> Result<Vec<u8>, RedisError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let bad = |detail: String| RedisError::TlsFile { key, path: path.to_owned(), detail };
+    let bytes = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+    match want {
+        Pem::Certificates => {
+            let certs = CertificateDer::pem_slice_iter(&bytes)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| bad(format!("not a PEM certificate file ({e})")))?;
+            if certs.is_empty() {
+                return Err(bad("no certificate in it (expected PEM)".into()));
+            }
+        }
+        Pem::PrivateKey => {
+            PrivateKeyDer::from_pem_slice(&bytes)
+                .map_err(|e| bad(format!("not a PEM private key ({e})")))?;
+        }
+    }
+    Ok(bytes)
 }
 
 impl TrafficRedis {
     /// Connects lazily (the first command connects; an unreachable Redis is
     /// an error of that command, not of this call).
-    pub fn new(url: &Secret, key_prefix: &str) -> Result<TrafficRedis, RedisError> {
+    pub fn new(settings: &RedisSettings) -> Result<TrafficRedis, RedisError> {
+        let key_prefix = settings.key_prefix.as_str();
         let config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(RESPONSE_TIMEOUT))
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_secs(2));
-        let conn = client(url)?
+        let conn = client(settings)?
             .get_connection_manager_lazy(config)
             .map_err(|e| RedisError::command(&e))?;
         Ok(TrafficRedis {

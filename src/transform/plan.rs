@@ -312,10 +312,10 @@ pub fn bare_column(expr: &str) -> Option<String> {
     (ok && !is_reserved(expr)).then(|| expr.to_ascii_lowercase())
 }
 
+/// Whether an unquoted word is a keyword rather than a column name
+/// (`null`, `user` = `current_user`, `order`).
 fn is_reserved(word: &str) -> bool {
-    const RESERVED: &[&str] =
-        &["null", "true", "false", "current_date", "current_timestamp", "current_user", "default"];
-    RESERVED.iter().any(|r| r.eq_ignore_ascii_case(word))
+    crate::pg::sql::is_keyword(word)
 }
 
 /// `(select null::t1 as "c1", ...) as s` over `columns` (all source columns).
@@ -595,9 +595,13 @@ async fn dependencies(
     if let Some(name) = bare_column(expr) {
         return Ok(columns.iter().position(|(c, _)| c.as_str() == name).into_iter().collect());
     }
+    // A name with a `"` appears in the expression with it doubled (`"a""b"`).
     let lower = expr.to_lowercase();
     let candidates: Vec<usize> = (0..columns.len())
-        .filter(|&i| lower.contains(&columns[i].0.as_str().to_lowercase()))
+        .filter(|&i| {
+            let name = columns[i].0.as_str().to_lowercase();
+            lower.contains(&name) || lower.contains(&name.replace('"', "\"\""))
+        })
         .collect();
     let mut deps = BTreeSet::new();
     for &c in &candidates {
@@ -637,6 +641,9 @@ mod tests {
         assert_eq!(bare_column("lower(email)"), None);
         assert_eq!(bare_column("'x'"), None);
         assert_eq!(bare_column("null"), None);
+        // Unquoted keywords are not column references (`user` is current_user).
+        assert_eq!(bare_column("user"), None);
+        assert_eq!(bare_column("\"user\"").as_deref(), Some("user"));
         assert_eq!(bare_column("a.b"), None);
         assert_eq!(bare_column("1"), None);
     }

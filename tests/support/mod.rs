@@ -29,6 +29,7 @@
 
 pub mod cli;
 pub mod pg;
+pub mod proxy;
 pub mod redis;
 pub mod shadow;
 pub mod wait;

@@ -195,9 +195,65 @@ impl PgCluster {
             .expect("ca_cert_path() needs a local cluster started with ClusterOptions::tls")
     }
 
+    /// Restarts a local cluster with `pg_ctl restart -m <mode>` (`fast`,
+    /// `immediate`), on the same port; blocks until it accepts connections.
+    pub fn restart_with(&self, mode: &str) {
+        let server = self.local.as_ref().expect("restart_with() needs a local cluster");
+        let log = server.dir.join("postgres.log");
+        let mut pg_ctl = server.command("pg_ctl");
+        pg_ctl.arg("-D").arg(&server.data).arg("-l").arg(&log).args([
+            "-m",
+            mode,
+            "-w",
+            "-t",
+            PG_CTL_TIMEOUT_SECS,
+            "-s",
+            "restart",
+        ]);
+        let output = run(&mut pg_ctl);
+        assert!(
+            output.status.success(),
+            "pg_ctl restart -m {mode} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
     /// A superuser client connected to the `postgres` database.
     pub async fn admin_client(&self) -> Client {
         connect_config(&self.admin).await.expect("connect to the test cluster as superuser")
+    }
+
+    /// Stops a local cluster (fast shutdown) and starts it again on the same port, so
+    /// settings changed with `ALTER SYSTEM` take effect. `Err` holds what the server
+    /// logged when it does not come back (a setting it refuses to start with); it is
+    /// then stopped, and [`PgCluster::start_again`] starts it once that is fixed
+    /// ([`PgCluster::write_auto_conf`]). Every session is ended, so reconnect after it
+    /// ([`TestDb::reconnect`]).
+    pub fn restart(&self) -> Result<(), String> {
+        let server = self.local.as_ref().expect("restart() needs a local cluster");
+        server.stop_fast();
+        server.start_existing()
+    }
+
+    /// Starts a stopped local cluster (after a failed [`PgCluster::restart`]).
+    pub fn start_again(&self) -> Result<(), String> {
+        self.local.as_ref().expect("start_again() needs a local cluster").start_existing()
+    }
+
+    /// Replaces `postgresql.auto.conf` (the file `ALTER SYSTEM` writes) of a local
+    /// cluster with `settings`, e.g. to undo a setting the server refuses to start with.
+    pub fn write_auto_conf(&self, settings: &[(&str, &str)]) {
+        let server = self.local.as_ref().expect("write_auto_conf() needs a local cluster");
+        let mut text = String::from("# written by the walshift test harness\n");
+        for (key, value) in settings {
+            writeln!(text, "{key} = {}", quote_literal(value)).expect("write to a String");
+        }
+        let path = server.data.join("postgresql.auto.conf");
+        fs::write(&path, text).expect("write postgresql.auto.conf");
+        if let Some(user) = server.user {
+            std::os::unix::fs::chown(&path, Some(user.uid), Some(user.gid))
+                .expect("chown postgresql.auto.conf to postgres");
+        }
     }
 }
 
@@ -445,6 +501,49 @@ impl LocalServer {
     }
 }
 
+impl LocalServer {
+    /// `pg_ctl stop -m fast`, when it runs.
+    fn stop_fast(&self) {
+        if !self.data.join("postmaster.pid").exists() {
+            return;
+        }
+        let mut pg_ctl = self.command("pg_ctl");
+        pg_ctl.arg("-D").arg(&self.data).args([
+            "-m",
+            "fast",
+            "-w",
+            "-t",
+            PG_CTL_TIMEOUT_SECS,
+            "-s",
+            "stop",
+        ]);
+        check_output("pg_ctl stop", &run(&mut pg_ctl));
+    }
+
+    /// `pg_ctl start` with the settings already written; `Err` with the new log lines.
+    fn start_existing(&self) -> Result<(), String> {
+        let log = self.dir.join("postgres.log");
+        let log_len_before = fs::metadata(&log).map_or(0, |meta| meta.len());
+        let mut pg_ctl = self.command("pg_ctl");
+        pg_ctl.arg("-D").arg(&self.data).arg("-l").arg(&log).args([
+            "-w",
+            "-t",
+            PG_CTL_TIMEOUT_SECS,
+            "-s",
+            "start",
+        ]);
+        if run(&mut pg_ctl).status.success() {
+            return Ok(());
+        }
+        let log_text = fs::read_to_string(&log).unwrap_or_default();
+        Err(usize::try_from(log_len_before)
+            .ok()
+            .and_then(|start| log_text.get(start..))
+            .unwrap_or(&log_text)
+            .to_owned())
+    }
+}
+
 impl Drop for LocalServer {
     fn drop(&mut self) {
         let mut clean = true;
@@ -559,6 +658,11 @@ impl<'c> TestDb<'c> {
         connect_config(self.cluster.admin.clone().dbname(&self.name))
             .await
             .unwrap_or_else(|err| panic!("connect to {} as superuser: {err}", self.name))
+    }
+
+    /// Replaces the session of [`TestDb::execute`] (after a server restart).
+    pub async fn reconnect(&mut self) {
+        self.client = self.client().await;
     }
 
     /// Runs `sql` (one or more statements) as superuser; panics on error.

@@ -52,6 +52,20 @@ pub struct RedisServer {
     url: String,
     /// Dropped (killing the server) when this is dropped; `None` for external servers.
     local: Option<LocalRedis>,
+    /// TLS and ACL of a server from [`RedisServer::start_tls`].
+    tls: Option<TlsRedis>,
+}
+
+/// Password of the harness's own ACL user (`harness`, every command) on
+/// servers from [`RedisServer::start_tls`].
+const HARNESS_PASSWORD: &str = "harness-only-password";
+
+/// What [`RedisServer::start_tls`] set up.
+struct TlsRedis {
+    /// The throwaway CA that signed the server's certificate.
+    ca_cert: PathBuf,
+    /// A second CA that signed nothing this server trusts or presents.
+    other_ca_cert: PathBuf,
 }
 
 impl RedisServer {
@@ -69,7 +83,7 @@ impl RedisServer {
                         panic!("{REDIS_URL_ENV} must look like redis://host:port (no credentials)")
                     })
                     .to_owned();
-                RedisServer { addr, url, local: None }
+                RedisServer { addr, url, local: None, tls: None }
             }
             Err(_) => RedisServer::start(),
         })
@@ -96,7 +110,7 @@ impl RedisServer {
             if up {
                 eprintln!("test redis on {addr} started in {} ms", started.elapsed().as_millis());
                 let url = format!("redis://{addr}");
-                return RedisServer { addr, url, local: Some(local) };
+                return RedisServer { addr, url, local: Some(local), tls: None };
             }
             let log = fs::read_to_string(local.dir.join("redis.log")).unwrap_or_default();
             if !log.contains("Address already in use") || attempt == START_ATTEMPTS {
@@ -104,6 +118,113 @@ impl RedisServer {
             }
         }
         unreachable!("the last attempt panics")
+    }
+
+    /// Starts a private `redis-server` that only speaks TLS (`--port 0`,
+    /// `--tls-port`), with a certificate for `localhost`/`127.0.0.1` signed by
+    /// a throwaway CA ([`RedisServer::ca_cert_path`]), the `default` user off,
+    /// and `users` as ACL rules (each the words of one `user` directive, e.g.
+    /// `["walshift", "on", ">secret", "~walshift:*", "+get"]`). The harness
+    /// itself talks to it as a user of its own.
+    pub fn start_tls(users: &[Vec<String>]) -> RedisServer {
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let local = LocalRedis::spawn_with(|dir, group| {
+            generate_certificates(dir, group);
+            let mut args: Vec<String> = [
+                "--port",
+                "0",
+                "--tls-port",
+                &port.to_string(),
+                "--tls-cert-file",
+                "server.crt",
+                "--tls-key-file",
+                "server.key",
+                "--tls-ca-cert-file",
+                "ca.crt",
+                "--tls-auth-clients",
+                "no",
+                "--user",
+                "default",
+                "off",
+                "--user",
+                "harness",
+                "on",
+            ]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+            args.extend([format!(">{HARNESS_PASSWORD}"), "~*".into(), "&*".into(), "+@all".into()]);
+            for user in users {
+                args.push("--user".into());
+                args.extend(user.iter().cloned());
+            }
+            args
+        });
+        let tls = TlsRedis {
+            ca_cert: local.dir.join("ca.crt"),
+            other_ca_cert: local.dir.join("other-ca.crt"),
+        };
+        let mut server = RedisServer {
+            addr,
+            url: format!("rediss://localhost:{port}"),
+            local: Some(local),
+            tls: Some(tls),
+        };
+        let up = wait_until_blocking("redis-server (TLS) to answer PING", START_TIMEOUT, || {
+            if matches!(server.try_command(&["PING"]), Ok(Reply::Status(ref s)) if s == "PONG") {
+                return Some(true);
+            }
+            match server.local.as_mut().map(|l| l.child.try_wait()) {
+                Some(Ok(Some(_))) => Some(false),
+                _ => None,
+            }
+        });
+        if !up {
+            let dir = &server.local.as_ref().expect("local").dir;
+            let log = fs::read_to_string(dir.join("redis.log")).unwrap_or_default();
+            panic!("redis-server (TLS) exited during startup:\n{log}");
+        }
+        server
+    }
+
+    /// The CA that signed a [`RedisServer::start_tls`] server's certificate.
+    pub fn ca_cert_path(&self) -> &std::path::Path {
+        &self.tls.as_ref().expect("ca_cert_path() needs RedisServer::start_tls").ca_cert
+    }
+
+    /// A CA that did not sign the server's certificate (a wrong
+    /// `tls_ca_file`).
+    pub fn other_ca_cert_path(&self) -> &std::path::Path {
+        &self.tls.as_ref().expect("other_ca_cert_path() needs RedisServer::start_tls").other_ca_cert
+    }
+
+    /// `rediss://user:password@localhost:port` for a TLS server.
+    pub fn url_as(&self, user: &str, password: &str) -> String {
+        let port = self.addr.rsplit(':').next().expect("port");
+        format!("rediss://{user}:{password}@localhost:{port}")
+    }
+
+    /// Over TLS as the harness's user (servers from
+    /// [`RedisServer::start_tls`]).
+    fn try_command(&self, args: &[&str]) -> Result<Reply, String> {
+        let tls = self.tls.as_ref().expect("a TLS server");
+        let root_cert = fs::read(&tls.ca_cert).map_err(|e| e.to_string())?;
+        let client = redis::Client::build_with_tls(
+            self.url_as("harness", HARNESS_PASSWORD),
+            redis::TlsCertificates { client_tls: None, root_cert: Some(root_cert) },
+        )
+        .map_err(|e| e.to_string())?;
+        let mut conn = client.get_connection_with_timeout(IO_TIMEOUT).map_err(|e| e.to_string())?;
+        let mut cmd = redis::cmd(args[0]);
+        for arg in &args[1..] {
+            cmd.arg(*arg);
+        }
+        match cmd.query::<redis::Value>(&mut conn) {
+            Ok(value) => Ok(from_value(value)),
+            Err(e) if e.code().is_some() => Ok(Reply::Error(e.to_string())),
+            Err(e) => Err(e.to_string()),
+        }
     }
 
     /// Kills a private server (its data is gone: no persistence).
@@ -157,6 +278,11 @@ impl RedisServer {
 
     /// Sends one command on a new connection and returns the reply; panics on I/O errors.
     pub fn command(&self, args: &[&str]) -> Reply {
+        if self.tls.is_some() {
+            return self
+                .try_command(args)
+                .unwrap_or_else(|err| panic!("redis (TLS) {args:?}: {err}"));
+        }
         let stream = TcpStream::connect(&self.addr)
             .unwrap_or_else(|err| panic!("connect to redis at {}: {err}", self.addr));
         stream.set_read_timeout(Some(IO_TIMEOUT)).expect("set read timeout");
@@ -195,6 +321,86 @@ impl Subscriber {
             })
             .collect()
     }
+}
+
+/// The harness's [`Reply`] for a value of the `redis` crate.
+fn from_value(value: redis::Value) -> Reply {
+    match value {
+        redis::Value::Nil => Reply::Bulk(None),
+        redis::Value::Int(n) => Reply::Integer(n),
+        redis::Value::BulkString(b) => Reply::Bulk(Some(b)),
+        redis::Value::Okay => Reply::Status("OK".into()),
+        redis::Value::SimpleString(s) => Reply::Status(s),
+        redis::Value::Array(items) => {
+            Reply::Array(Some(items.into_iter().map(from_value).collect()))
+        }
+        other => Reply::Error(format!("unexpected reply {other:?}")),
+    }
+}
+
+/// A throwaway CA, a server certificate for `localhost`/`127.0.0.1` signed
+/// by it, and a second CA that signed nothing (`other-ca.crt`), in `dir`.
+fn generate_certificates(dir: &std::path::Path, group: i32) {
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .process_group(group)
+            .args(args)
+            .output()
+            .unwrap_or_else(|err| panic!("run openssl (is it on PATH?): {err}"));
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    for (key, cert, name) in [
+        ("ca.key", "ca.crt", "walshift test Redis CA"),
+        ("other-ca.key", "other-ca.crt", "unrelated CA"),
+    ] {
+        let subject = format!("/CN={name}");
+        openssl(
+            &[
+                &["req", "-x509"][..],
+                &ec,
+                &["-keyout", key, "-out", cert, "-days", "2", "-subj", &subject],
+                &["-addext", "basicConstraints=critical,CA:TRUE"],
+                &["-addext", "keyUsage=critical,keyCertSign,cRLSign"],
+            ]
+            .concat(),
+        );
+    }
+    openssl(
+        &[
+            &["req", "-new"][..],
+            &ec,
+            &["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost"],
+        ]
+        .concat(),
+    );
+    fs::write(
+        dir.join("server.ext"),
+        "subjectAltName = DNS:localhost, IP:127.0.0.1\n\
+         basicConstraints = critical, CA:FALSE\n\
+         keyUsage = critical, digitalSignature\n\
+         extendedKeyUsage = serverAuth\n",
+    )
+    .expect("write server.ext");
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+        "-out",
+        "server.crt",
+    ]);
 }
 
 /// `PING` on a fresh connection answers `+PONG`.
@@ -251,13 +457,22 @@ struct LocalRedis {
 
 impl LocalRedis {
     fn spawn(port: u16) -> LocalRedis {
+        LocalRedis::spawn_with(|_, _| vec!["--port".to_owned(), port.to_string()])
+    }
+
+    /// Starts `redis-server` with the arguments `args` returns (called with
+    /// the server's directory and the reaper's process group, before the
+    /// server starts) and the harness defaults.
+    fn spawn_with(args: impl FnOnce(&std::path::Path, i32) -> Vec<String>) -> LocalRedis {
         let dir = std::env::temp_dir().join(format!("walshift-redis-{}", unique_suffix()));
         fs::create_dir(&dir).unwrap_or_else(|err| panic!("create {}: {err}", dir.display()));
         let log = fs::File::create(dir.join("redis.log")).expect("create redis.log");
         // Before the server, so that no instant exists in which it would not be reaped.
         let reaper = Reaper::spawn("redis", r#"rm -rf "$1""#, &[dir.as_os_str()], None);
+        let args = args(&dir, reaper.process_group());
         let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args(&args)
+            .args(["--bind", "127.0.0.1", "--save", ""])
             .args(["--appendonly", "no", "--daemonize", "no", "--dir"])
             .arg(&dir)
             .current_dir(&dir)

@@ -145,7 +145,7 @@ pub async fn run(
         // (a walsender terminated while starting, a restart) is retried,
         // first attempt or not.
         if !error.is_transient() || (!connected_once && error.is_unreachable()) {
-            return Err(classify(error, cfg));
+            return Err(classify(error, cfg).await);
         }
         tail.connection_lost();
         tracing::warn!(error = %error, retry_in = ?backoff, resume_at = %tail.done, "replication connection lost, reconnecting");
@@ -161,8 +161,22 @@ pub async fn run(
     }
 }
 
-/// Turns "slot/publication does not exist" into an actionable precondition.
-fn classify(error: StreamError, cfg: &ValidatedConfig) -> Error {
+/// Turns "slot/publication does not exist" into an actionable precondition,
+/// naming `wal_level` when it was lowered (the root cause of a missing slot).
+async fn classify(error: StreamError, cfg: &ValidatedConfig) -> Error {
+    // The server refused to stream (no slot, or "logical decoding requires
+    // wal_level >= logical"): look for the root cause.
+    if let StreamError::Wire(wire) = &error
+        && wire.server_error().is_some()
+    {
+        let limits = crate::pg::client::SessionLimits::ADMIN;
+        if let Ok(source) = crate::pg::client::connect(&cfg.source.url, "tail", limits).await
+            && let Ok(failures) = crate::checks::stream_source(&source, &cfg.source.slot).await
+            && !failures.is_empty()
+        {
+            return Error::Checks(crate::checks::CheckFailures(failures));
+        }
+    }
     if let StreamError::Wire(wire) = &error
         && let Some(server) = wire.server_error()
         && server.code == "42704"

@@ -10,12 +10,12 @@
 //!
 //! | check | who runs it | root cause it names |
 //! |---|---|---|
-//! | [`wal_level`] | setup, run, backfill, verify, tail | `wal_level` below `logical` |
+//! | [`wal_level`] | setup | `wal_level` below `logical` |
 //! | [`free_slot`] | setup (creating the slot) | `max_replication_slots` reached, and by which slots |
 //! | [`free_wal_sender`] | setup (creating the slot), run, backfill | `max_wal_senders` reached, and by which processes |
 //! | [`stream_source`] | run, backfill, verify, tail | `wal_level` lowered (the cause of a missing slot), a slot that is not a pgoutput slot of this database |
 //! | [`key_problems`] | setup | no primary key / usable replica identity (suggests the index or the PK to add) |
-//! | [`table_access`] | setup, run, backfill, verify | SELECT on the source, write privileges on the target, row-level security on either side, user triggers on the target |
+//! | [`table_access`] | setup, run, backfill, verify (after the mapping compiled) | SELECT on the source, write privileges on the target, row-level security on either side, user triggers on the target |
 //!
 //! Why triggers on the target matter: walshift applies in the default
 //! `session_replication_role` (`origin`), unlike Postgres's own subscriptions

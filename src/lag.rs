@@ -89,6 +89,8 @@ struct LagState {
     clock_offset: Option<Duration>,
     clock_ahead: bool,
     wal_end: Lsn,
+    /// When bytes last arrived on the replication stream.
+    heard_at: Option<std::time::Instant>,
     connected: bool,
     slot: SlotHealth,
     history: VecDeque<LagSample>,
@@ -182,6 +184,18 @@ impl Lag {
     /// Whether stream items are waiting for the applier.
     pub fn waiting(&self, waiting: bool) {
         self.with(|s| s.waiting = waiting);
+    }
+
+    /// Bytes arrived on the replication stream.
+    pub fn heard(&self) {
+        self.with(|s| s.heard_at = Some(std::time::Instant::now()));
+    }
+
+    /// How long the replication stream has been silent (`None`: nothing
+    /// heard yet). A stalled connection keeps its last figures; this tells
+    /// they are stale.
+    pub fn silent_for(&self) -> Option<Duration> {
+        self.with(|s| s.heard_at.map(|t| t.elapsed()))
     }
 
     /// The server reported its WAL end.

@@ -22,6 +22,7 @@ mod page;
 mod preconditions;
 mod security;
 mod setup;
+mod state_schema;
 mod support;
 mod tail;
 mod verify;

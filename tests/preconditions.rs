@@ -10,7 +10,7 @@
 //! | no primary key / replica identity: the fix is suggested and works | [`keyless_table_suggests_a_fix_that_works`] |
 //! | origin trigger or row-level security on the target (setup, run) | [`target_triggers_and_row_level_security_are_refused`] |
 //! | source role without SELECT, column SELECT only, RLS on the source (setup, run) | [`source_role_without_select_is_told_the_grant`] |
-//! | slot of another plugin, status without setup, teardown of a slot in use, traffic without Redis | [`other_refusals_change_nothing`] |
+//! | slot of another plugin, run without setup, status without setup, verify --repair and teardown while run streams, traffic without Redis | [`other_refusals_change_nothing`] |
 
 use std::time::Duration;
 
@@ -109,7 +109,8 @@ async fn lowered_wal_level_is_named_as_the_root_cause() {
     let objects = db.walshift_objects().await;
     assert!(!objects.slot && objects.publication && objects.state_schema, "{objects:?}");
 
-    // wal_level back, the slot still missing (dropped): the history is gone.
+    // wal_level back, the slot still missing (dropped): the history is gone
+    // (`Error::HistoryLost`, whose exit code is the run loop's: not checked).
     db.execute("alter system reset wal_level").await;
     cluster.restart().expect("restart with wal_level = logical");
     db.reconnect().await;
@@ -366,6 +367,13 @@ async fn target_triggers_and_row_level_security_are_refused() {
     // For the owner (here the superuser) it does not apply: setup works, and
     // a run as the role is refused.
     ws.run_ok(&["setup"]).await;
+    // (The role may use walshift's state, as a role running walshift must.)
+    db.execute(&format!(
+        "grant usage on schema walshift to {role};
+         grant all on all tables in schema walshift to {role};
+         grant all on all sequences in schema walshift to {role};"
+    ))
+    .await;
     let before = applied_state(&client).await;
     expect_exit_2(&as_role, &["run"], &rls_message).await;
     assert_eq!(applied_state(&client).await, before);
@@ -466,19 +474,47 @@ async fn other_refusals_change_nothing() {
     assert!(objects.slot && !objects.publication && !objects.state_schema, "{objects:?}");
     db.execute(&format!("select pg_drop_replication_slot('{slot}')")).await;
 
-    // teardown while the slot streams (to `walshift tail`).
+    // A pgoutput slot of that name, but no setup: run says so.
+    db.execute(&format!("select pg_create_logical_replication_slot('{slot}', 'pgoutput')")).await;
+    expect_exit_2(
+        &ws,
+        &["run"],
+        &["migration test is not registered in the target's walshift schema", "walshift setup"],
+    )
+    .await;
+    db.execute(&format!("select pg_drop_replication_slot('{slot}')")).await;
+
+    // While `walshift run` streams: a repair from `verify` and a teardown
+    // are refused.
     ws.run_ok(&["setup"]).await;
-    let tail = ws.spawn_tail(&["--no-ack"]);
+    let run = ws.spawn_run();
     let client = db.client().await;
-    wait_until("tail streams from the slot", WAIT, async || {
-        let active: Option<bool> = client
-            .query_opt("select active from pg_replication_slots where slot_name = $1", &[&slot])
+    wait_until("the backfill completes", WAIT, async || {
+        let done: Option<bool> = client
+            .query_opt("select completed_at is not null from walshift.backfill", &[])
             .await
-            .unwrap()
+            .ok()
+            .flatten()
             .map(|r| r.get(0));
-        (active == Some(true)).then_some(())
+        (done == Some(true)).then_some(())
     })
     .await;
+    let before = applied_state(&client).await;
+    client.execute("update shadow.t set v = 'corrupt' where id = 3", &[]).await.unwrap();
+    expect_exit_2(
+        &ws,
+        &["verify", "--repair"],
+        &[
+            &format!("walshift run is streaming from slot {slot}"),
+            "[verify] repair = true",
+            "nothing was changed",
+        ],
+    )
+    .await;
+    let corrupt: String =
+        client.query_one("select v from shadow.t where id = 3", &[]).await.unwrap().get(0);
+    assert_eq!(corrupt, "corrupt", "the refused repair wrote");
+    assert_eq!(applied_state(&client).await.0, before.0);
     expect_exit_2(
         &ws,
         &["teardown", "--yes"],
@@ -486,5 +522,6 @@ async fn other_refusals_change_nothing() {
     )
     .await;
     assert_eq!(db.walshift_objects().await, WalshiftObjects::EVERYTHING);
-    tail.stop().await;
+    let (code, log) = run.stop().await;
+    assert_eq!(code, Some(0), "{log}");
 }

@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -31,16 +30,14 @@ const REDIS_SECRET: &str = "redis-Secret-d05c77";
 /// Every secret a test's output is searched for.
 const SECRETS: [&str; 4] = [ADMIN_SECRET, SOURCE_SECRET, TARGET_SECRET, REDIS_SECRET];
 
-/// One cluster for this module's tests: SCRAM passwords, TLS only
-/// (`hostssl`), a CA of its own.
-fn secure_cluster() -> &'static PgCluster {
-    static CLUSTER: OnceLock<PgCluster> = OnceLock::new();
-    CLUSTER.get_or_init(|| {
-        PgCluster::start(ClusterOptions {
-            auth: Auth::Scram { user: ADMIN_USER.into(), password: ADMIN_SECRET.into() },
-            require_tls: true,
-            ..ClusterOptions::default()
-        })
+/// A cluster of the test's own (slot creation waits for every transaction
+/// in the cluster, so tests that set up slots at the same time are kept
+/// apart): SCRAM passwords, TLS only (`hostssl`), a CA of its own.
+fn secure_cluster() -> PgCluster {
+    PgCluster::start(ClusterOptions {
+        auth: Auth::Scram { user: ADMIN_USER.into(), password: ADMIN_SECRET.into() },
+        require_tls: true,
+        ..ClusterOptions::default()
     })
 }
 
@@ -85,8 +82,8 @@ impl Transcript {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// No secret anywhere.
-    fn assert_no_secret(&self) {
+    /// No secret anywhere (in at least `min_bytes` of output).
+    fn assert_no_secret(&self, min_bytes: usize) {
         let mut bytes = 0;
         for (what, text) in &self.0 {
             bytes += text.len();
@@ -94,7 +91,26 @@ impl Transcript {
                 assert!(!text.contains(secret), "a secret leaked into {what}:\n{text}");
             }
         }
-        assert!(bytes > 10_000, "too little output searched ({bytes} bytes): is it captured?");
+        if std::env::var_os("WALSHIFT_TEST_PRINT_TRANSCRIPT").is_some() {
+            for (what, text) in &self.0 {
+                eprintln!("==== {what}\n{text}");
+            }
+        }
+        assert!(bytes >= min_bytes, "too little output searched ({bytes} bytes): is it captured?");
+    }
+}
+
+/// Waits until `run`'s log satisfies `found`; panics with the log if it
+/// does not within [`WAIT`].
+async fn wait_log<T>(run: &RunProcess, what: &str, found: impl Fn(&str) -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let log = run.stderr();
+        if let Some(t) = found(&log) {
+            return t;
+        }
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}; log:\n{log}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -182,12 +198,13 @@ fn redis_user(prefix: &str) -> Vec<String> {
 /// status, HTTP answer, metric, state row or Redis value.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn least_privilege_migration_over_tls_leaks_no_secret() {
-    let cluster = secure_cluster();
+    let cluster = &secure_cluster();
     let db = TestDb::new(cluster).await;
     let (owner, src, tgt) =
         (format!("{}_own", db.name()), format!("{}_src", db.name()), format!("{}_tgt", db.name()));
     db.execute(&format!(
         "create role {owner} nologin; \
+         grant create on database {dbname} to {owner}; \
          create role {src} login replication password '{SOURCE_SECRET}'; \
          create role {tgt} login password '{TARGET_SECRET}'; \
          grant create on schema public to {owner}; \
@@ -200,7 +217,8 @@ async fn least_privilege_migration_over_tls_leaks_no_secret() {
          grant usage on schema shadow to {tgt}; \
          grant select, insert, update, delete, truncate on shadow.t to {tgt}; \
          grant select, update on sequence shadow.t_id_seq to {tgt}; \
-         create schema walshift authorization {tgt};"
+         create schema walshift authorization {tgt};",
+        dbname = db.name()
     ))
     .await;
     let prefix = key_prefix();
@@ -297,7 +315,27 @@ async fn least_privilege_migration_over_tls_leaks_no_secret() {
     seen.run_ok(&ws, &["status"]).await;
     seen.run_ok(&ws, &["status", "--json"]).await;
 
-    // The write cutover, fenced through the owner's function.
+    // Without EXECUTE on the owner's function the cutover is refused before
+    // anything is announced; with it, the old tables are fenced through it.
+    let function = "\"public\".\"walshift_fence_test\"(text, bigint)";
+    admin
+        .batch_execute(&format!("revoke execute on function {function} from {src}"))
+        .await
+        .unwrap();
+    let out = seen.run(&ws, &["cutover"]).await;
+    let stdout =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stdout}");
+    assert!(
+        stdout.contains(&format!("role {src} may not fence public.t (owner {owner})")),
+        "{stdout}"
+    );
+    admin.batch_execute(&format!("grant execute on function {function} to {src}")).await.unwrap();
+    let dry = seen.run_ok(&ws, &["cutover", "--dry-run"]).await;
+    assert!(
+        dry.contains("through the owner's function(s) \"public\".\"walshift_fence_test\""),
+        "{dry}"
+    );
     let out = seen.run_ok(&ws, &["cutover"]).await;
     assert!(out.contains("cut over"), "{out}");
     let err = admin.execute("insert into t (v) values ('late')", &[]).await.unwrap_err();
@@ -329,7 +367,7 @@ async fn least_privilege_migration_over_tls_leaks_no_secret() {
         .get(0);
     assert_eq!(triggers, 0);
     admin.execute("insert into t (v) values ('writable again')", &[]).await.unwrap();
-    seen.assert_no_secret();
+    seen.assert_no_secret(50_000);
 }
 
 /// Failures leak no secret either: a wrong password, an unreachable host,
@@ -339,7 +377,7 @@ async fn least_privilege_migration_over_tls_leaks_no_secret() {
 /// schema.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failures_leak_no_secret_and_redis_tls_is_verified() {
-    let cluster = secure_cluster();
+    let cluster = &secure_cluster();
     let db = TestDb::new(cluster).await;
     db.execute(
         "create table t (id bigint primary key, v text); insert into t values (1, 'a'); \
@@ -399,8 +437,7 @@ async fn failures_leak_no_secret_and_redis_tls_is_verified() {
     for (url, ca, expected) in redis_cases {
         let bad_ws = config(&good_source, url, ca);
         let run: RunProcess = bad_ws.spawn_run();
-        wait_until(&format!("run to log {expected:?}"), WAIT, async || {
-            let log = run.stderr();
+        wait_log(&run, expected, |log| {
             (log.contains(expected) && log.contains("standby: Redis unreachable")).then_some(())
         })
         .await;
@@ -419,7 +456,7 @@ async fn failures_leak_no_secret_and_redis_tls_is_verified() {
         expect_exit_2(&bad_ws, &["run"], &["redis.tls_ca_file: cannot use /nonexistent/ca.pem"])
             .await;
     seen.add("run with a missing CA file", stderr);
-    seen.assert_no_secret();
+    seen.assert_no_secret(2_000);
 }
 
 /// The HTTP listener: loopback by default; another address works but is
@@ -437,15 +474,18 @@ async fn http_listener_is_read_only_and_warns_off_loopback() {
     std::fs::write(ws.config_path(), text).unwrap();
     ws.run_ok(&["setup"]).await;
     let run = ws.spawn_run();
-    let port = wait_until("the warning about a non-loopback listener", WAIT, async || {
-        let log = run.stderr();
+    let port = wait_log(&run, "the warning about a non-loopback listener", |log| {
         let line = log.lines().find(|l| l.contains("is not a loopback address"))?;
         let at = line.find("metrics.listen 0.0.0.0:")? + "metrics.listen 0.0.0.0:".len();
         line[at..].split(|c: char| !c.is_ascii_digit()).next()?.parse::<u16>().ok()
     })
     .await;
     let addr = format!("127.0.0.1:{port}");
-    let before = http_get(&addr, "/metrics").await.1;
+    let before = wait_until("the metrics to be exported", WAIT, async || {
+        let text = http_get(&addr, "/metrics").await.1;
+        text.contains("walshift_errors_total").then_some(text)
+    })
+    .await;
     for path in ["/metrics", "/healthz", "/readyz", "/status", "/", "/index.html", "/nope"] {
         for method in ["POST", "PUT", "DELETE", "PATCH"] {
             let (code, head, body) = http(&addr, method, path).await;
@@ -459,7 +499,10 @@ async fn http_listener_is_read_only_and_warns_off_loopback() {
     assert_eq!((code, body.as_str()), (200, "ok\n"));
     let after = http_get(&addr, "/metrics").await.1;
     let series = |text: &str, name: &str| {
-        text.lines().filter(|l| l.starts_with(name)).map(str::to_owned).collect::<Vec<_>>()
+        let mut lines: Vec<String> =
+            text.lines().filter(|l| l.starts_with(name)).map(str::to_owned).collect();
+        lines.sort();
+        lines
     };
     for name in ["walshift_config_reloads_total", "walshift_errors_total"] {
         assert_eq!(series(&before, name), series(&after, name), "{name} changed");
@@ -473,4 +516,102 @@ async fn http_listener_is_read_only_and_warns_off_loopback() {
     assert_eq!(commands, 0);
     let (code, log) = run.stop().await;
     assert_eq!(code, Some(0), "{log}");
+}
+
+/// `setup` with a publication it cannot use (other tables, some
+/// operations, a row filter, FOR ALL TABLES), owned by the tables' owner,
+/// or a state schema it may not create: exit 2, the difference and the
+/// owner's statements named, nothing created.
+#[tokio::test]
+async fn setup_refuses_a_publication_or_state_schema_it_cannot_use() {
+    let db = TestDb::new(PgCluster::shared()).await;
+    let (owner, src) = (format!("{}_own", db.name()), format!("{}_src", db.name()));
+    db.execute(&format!(
+        "create role {owner} nologin; create role {src} login replication; \
+         grant create on database {dbname} to {owner}; grant create on schema public to {owner}; \
+         set role {owner}; \
+         create table t (id int primary key, v text); create table other (id int primary key); \
+         reset role; grant select on t, other to {src}; \
+         create schema shadow; create table shadow.t (id int primary key, v text);",
+        dbname = db.name()
+    ))
+    .await;
+    let source = format!("postgres://{src}@{}/{}", db.cluster().host_port(), db.name());
+    let publication = db.publication_name();
+    let config = |target: &str| {
+        Walshift::with_config(&format!(
+            "[migration]\nname = \"test\"\n\n[source]\nurl = \"{source}\"\nslot = \"{}\"\n\
+             publication = \"{publication}\"\n\n[target]\nurl = \"{target}\"\n\n\
+             [[tables]]\nsource = \"public.t\"\ntarget = \"shadow.t\"\n",
+            db.slot_name()
+        ))
+    };
+    let ws = config(&db.url());
+    let quoted = format!("\"{publication}\"");
+    let cases = [
+        (
+            "for table other",
+            vec![
+                format!("publication {publication} exists but does not publish public.t"),
+                "also publishes public.other, which no [[tables]] entry maps".to_owned(),
+                format!("it belongs to role {owner}, so walshift (role {src}) cannot change it"),
+                format!("{owner} must run: alter publication {quoted} set table \"public\".\"t\""),
+            ],
+        ),
+        (
+            "for table t with (publish = 'insert, update')",
+            vec![
+                "does not publish delete, truncate".to_owned(),
+                format!(
+                    "alter publication {quoted} set (publish = 'insert, update, delete, truncate')"
+                ),
+            ],
+        ),
+        ("for table t where (id > 0)", vec!["with a row filter (where (id > 0))".to_owned()]),
+    ];
+    for (definition, expected) in &cases {
+        db.execute(&format!(
+            "set role {owner}; create publication {quoted} {definition}; reset role"
+        ))
+        .await;
+        let expected: Vec<&str> = expected.iter().map(String::as_str).collect();
+        let stderr = expect_exit_2(&ws, &["setup"], &expected).await;
+        assert!(stderr.contains("nothing was created"), "{stderr}");
+        let objects = db.walshift_objects().await;
+        assert!(!objects.slot && !objects.state_schema, "{definition}: {objects:?}");
+        db.execute(&format!("drop publication {quoted}")).await;
+    }
+    // Owned by a superuser, FOR ALL TABLES.
+    db.execute(&format!("create publication {quoted} for all tables")).await;
+    expect_exit_2(
+        &ws,
+        &["setup"],
+        &["publishes every table (FOR ALL TABLES)", "must run: drop publication"],
+    )
+    .await;
+    db.execute(&format!("drop publication {quoted}")).await;
+
+    // A usable publication of the owner, but a target role that may not
+    // create the state schema.
+    db.execute(&format!("set role {owner}; create publication {quoted} for table t; reset role"))
+        .await;
+    let as_src = config(&source);
+    expect_exit_2(
+        &as_src,
+        &["setup"],
+        &[&format!(
+            "target.url: role {src} may not create walshift's state schema walshift (no CREATE \
+             on database {db}): have an administrator run: create schema walshift authorization \
+             {src}",
+            db = db.name()
+        )],
+    )
+    .await;
+    let objects = db.walshift_objects().await;
+    assert!(!objects.slot && !objects.state_schema && objects.publication, "{objects:?}");
+    db.execute(&format!(
+        "drop publication {quoted}; drop owned by {owner}; drop owned by {src}; \
+         drop role {owner}; drop role {src};"
+    ))
+    .await;
 }

@@ -180,6 +180,56 @@ pub async fn prepare(cfg: &ValidatedConfig) -> Result<Plan, Error> {
     Ok(plan)
 }
 
+/// Ends walsender `pid` if it still holds this migration's slot, and waits
+/// (at most 5 s) for the slot to be free. It served a connection that went
+/// silent (a stalled network path), and would otherwise keep the slot until
+/// its `wal_sender_timeout` (60 s by default) while every reconnect fails
+/// with "replication slot is active". Best effort: failures are logged and
+/// the reconnect loop carries on as before.
+async fn end_stale_walsender(cfg: &ValidatedConfig, pid: i32) {
+    let ended = async {
+        let c = client::connect(&cfg.source.url, "run", SessionLimits::ADMIN)
+            .await
+            .map_err(|e| error::display_chain(&e))?;
+        let row = c
+            .query_one(
+                "select count(pg_terminate_backend(active_pid)) from pg_replication_slots \
+                 where slot_name = $1 and active_pid = $2",
+                &[&cfg.source.slot, &pid],
+            )
+            .await
+            .map_err(|e| client::server_message(&e))?;
+        let terminated: i64 = row.try_get(0).map_err(|e| e.to_string())?;
+        if terminated == 0 {
+            return Ok(false);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            let held = c
+                .query_opt(
+                    "select 1 from pg_replication_slots where slot_name = $1 and active_pid = $2",
+                    &[&cfg.source.slot, &pid],
+                )
+                .await
+                .map_err(|e| client::server_message(&e))?;
+            if held.is_none() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok::<bool, String>(true)
+    };
+    match ended.await {
+        Ok(true) => tracing::warn!(
+            pid,
+            slot = %cfg.source.slot,
+            "ended the walsender of the connection that went silent, which still held the slot"
+        ),
+        Ok(false) => {}
+        Err(error) => tracing::warn!(pid, %error, "could not end the stale walsender"),
+    }
+}
+
 /// What happened to a slot that can no longer be read, if it can't:
 /// missing, or invalidated (`wal_status = lost`).
 fn slot_gone(slot: Option<&catalog::SlotInfo>) -> Option<String> {
@@ -367,6 +417,10 @@ pub async fn run_with(
 /// What the sessions of one run share with each other and with the
 /// verification loop.
 struct Shared {
+    /// The walsender of a stream that went silent (receive timeout): it
+    /// may still hold the slot until its own `wal_sender_timeout`, so the
+    /// next session ends it first.
+    stale_walsender: std::sync::Mutex<Option<i32>>,
     lag: Arc<Lag>,
     pipeline: Pipeline,
     dirty: Option<Arc<DirtyKeys>>,
@@ -392,7 +446,14 @@ impl Shared {
         } else {
             (None, None)
         };
-        Shared { lag, pipeline, dirty, repair_tx, repair_queue }
+        Shared {
+            stale_walsender: std::sync::Mutex::new(None),
+            lag,
+            pipeline,
+            dirty,
+            repair_tx,
+            repair_queue,
+        }
     }
 }
 
@@ -645,6 +706,10 @@ async fn session(
         start_lsn: checkpoint,
         status_interval: cfg.source.status_interval,
     };
+    let stale = shared.stale_walsender.lock().ok().and_then(|mut s| s.take());
+    if let Some(pid) = stale {
+        end_stale_walsender(cfg, pid).await;
+    }
     let source = cfg.source.url.with_application_name("walshift:reader");
     let stream = match LogicalStream::start(&source, &stream_options).await {
         Ok(stream) => stream,
@@ -661,6 +726,7 @@ async fn session(
     };
     tracing::info!(%checkpoint, strict_through = %strict_through, "streaming");
 
+    let walsender = stream.backend_pid();
     let (tx, rx) = mpsc::channel(reader::CHANNEL_CHUNKS);
     let reader = Reader::new(stream, plan, checkpoint, tx, durable_rx)
         .with_lag(Arc::clone(&shared.lag))
@@ -671,6 +737,12 @@ async fn session(
     let joined = |what: &str, join| (none, SessionError::Setup(Error::task_failed(what, join)));
     let applied = applied.map_err(|join| joined("applier", join))?;
     let read = read.map_err(|join| joined("reader", join))?;
+    if let Err(e) = &read
+        && e.is_receive_timeout()
+        && let Ok(mut stale) = shared.stale_walsender.lock()
+    {
+        *stale = walsender;
+    }
     match (applied, read) {
         (Err(e), _) => Err((none, SessionError::Apply(e))),
         (Ok(stats), Err(e)) => Err((stats, SessionError::Reader(e))),

@@ -157,6 +157,21 @@ impl Controller {
         Ok(())
     }
 
+    /// Why walshift's role could not fence the old tables, if it could not
+    /// (the error names the tables, their owner and the fix).
+    async fn fence_not_permitted(&self) -> Option<String> {
+        let source =
+            match client::connect(&self.cfg.source.url, "cutover", SessionLimits::ADMIN).await {
+                Ok(source) => source,
+                // The fence step reports a source it cannot reach.
+                Err(_) => return None,
+            };
+        match fence::mode(&source, &self.cfg.migration_name, &self.config_fenced_tables()).await {
+            Err(e @ fence::FenceError::NotPermitted { .. }) => Some(e.to_string()),
+            _ => None,
+        }
+    }
+
     async fn connect_both(
         &self,
     ) -> Result<(tokio_postgres::Client, tokio_postgres::Client), String> {
@@ -191,6 +206,12 @@ impl Controller {
         if let Some(why) = refusal {
             metrics::counter!(m::CUTOVER_ATTEMPTS, m::LABEL_RESULT => "refused").increment(1);
             return Ok((Answer::refused(format!("refused: {why}; nothing was changed")), None));
+        }
+        // A role that may not fence the old tables is refused before anything
+        // is announced (docs/security.md).
+        if let Some(why) = self.fence_not_permitted().await {
+            metrics::counter!(m::CUTOVER_ATTEMPTS, m::LABEL_RESULT => "refused").increment(1);
+            return Ok((Answer::refused(format!("refused: {why}")), None));
         }
         let attempt = record::begin(&live.client, &self.cfg.migration_name, by).await?;
         self.cutover_note(
@@ -842,6 +863,19 @@ impl Controller {
                 t.source.readable(),
                 fence::reject_message(t, &self.cfg.migration_name)
             ));
+        }
+        let mut refusal = refusal;
+        match fence::mode(&source, &self.cfg.migration_name, &tables).await {
+            Ok(fence::FenceMode::Direct) => {
+                lines.push("     by walshift's role, which owns the tables".into());
+            }
+            Ok(fence::FenceMode::OwnerFunctions(f)) => {
+                lines.push(format!("     through the owner's function(s) {}", f.join(", ")));
+            }
+            Err(e) => {
+                lines.push(format!("     not possible: {e}"));
+                refusal.get_or_insert_with(|| e.to_string());
+            }
         }
         lines.push(format!(
             "4. drain: barrier into the source WAL; the applier applies past it within {} \

@@ -17,6 +17,9 @@ pub struct Signals {
     pub lag_seconds: Option<Duration>,
     /// Replication lag in bytes (`None`: unknown).
     pub lag_bytes: Option<u64>,
+    /// How long the replication stream has been silent, and how long it may
+    /// be before the lag figures count as stale (they hold the lag gates).
+    pub stream_silence: Option<(Duration, Duration)>,
     /// Backfill progress per table (`None`: could not be read).
     pub backfill: Option<Vec<StoredProgress>>,
     /// Verification state per table and runner (`None`: could not be read).
@@ -78,8 +81,22 @@ fn backfill(signals: &Signals) -> Gate {
     }
 }
 
+/// The lag figures are stale when the stream has been silent for longer
+/// than its heartbeats allow: a stalled connection keeps its last figures.
+fn stale(signals: &Signals) -> Option<String> {
+    let (silent, limit) = signals.stream_silence?;
+    (silent > limit)
+        .then(|| format!("stale: nothing heard from the source for {:.1} s", silent.as_secs_f64()))
+}
+
 fn lag_seconds(signals: &Signals, cutover: &CutoverSettings) -> Gate {
     let limit = format!("{:.1} s", cutover.max_lag_seconds);
+    // A lag already over the limit fails even when stale: it only grows.
+    if let Some(stale) = stale(signals)
+        && signals.lag_seconds.is_none_or(|l| l.as_secs_f64() <= cutover.max_lag_seconds)
+    {
+        return Gate::new(GateName::LagSeconds, Verdict::Hold, stale, limit);
+    }
     match signals.lag_seconds {
         None => Gate::new(GateName::LagSeconds, Verdict::Hold, "unknown", limit),
         Some(lag) => {
@@ -95,6 +112,9 @@ fn lag_seconds(signals: &Signals, cutover: &CutoverSettings) -> Gate {
 
 fn lag_bytes(signals: &Signals, cutover: &CutoverSettings) -> Gate {
     let limit = format!("{} bytes", cutover.max_lag_bytes);
+    if let Some(stale) = stale(signals) {
+        return Gate::new(GateName::LagBytes, Verdict::Hold, stale, limit);
+    }
     match signals.lag_bytes {
         None => Gate::new(GateName::LagBytes, Verdict::Hold, "unknown", limit),
         Some(b) => {

@@ -319,6 +319,10 @@ impl Controller {
         let signals = Signals {
             lag_seconds: self.lag.seconds(),
             lag_bytes: self.lag.bytes(),
+            stream_silence: self
+                .lag
+                .silent_for()
+                .map(|silent| (silent, stream_silence_limit(self.cfg.source.heartbeat_interval))),
             backfill: crate::state::backfill::load(&live.client, &self.cfg.migration_name)
                 .await
                 .ok(),
@@ -681,4 +685,12 @@ fn empty_audit() -> AuditEntry {
         gates: None,
         actor: None,
     }
+}
+
+/// How long the replication stream may be silent before the lag figures
+/// count as stale: heartbeats come back through it every
+/// `heartbeat_interval`, so two of them missing (plus a second for the
+/// round trip) means the stream is not delivering.
+pub fn stream_silence_limit(heartbeat_interval: Duration) -> Duration {
+    heartbeat_interval * 2 + Duration::from_secs(1)
 }

@@ -313,9 +313,10 @@ pub async fn mode(
     let names: Vec<String> = tables.iter().map(|t| t.source.to_string()).collect();
     let rows = client
         .query(
-            "select n::regclass::text, pg_get_userbyid(c.relowner)::text, \
+            "select u.i::int8, pg_get_userbyid(c.relowner)::text, \
                     pg_has_role(c.relowner, 'USAGE'), current_user::text \
-             from unnest($1::text[]) as n join pg_class c on c.oid = n::regclass",
+             from unnest($1::text[]) with ordinality as u(n, i) \
+             join pg_class c on c.oid = u.n::regclass order by u.i",
             &[&names],
         )
         .await
@@ -324,10 +325,14 @@ pub async fn mode(
     let mut foreign = Vec::new();
     for row in &rows {
         let get = |e| sql("looking up the owners of the old tables")(e);
-        let table: String = row.try_get(0).map_err(get)?;
+        let index: i64 = row.try_get(0).map_err(get)?;
         let owner: String = row.try_get(1).map_err(get)?;
         let owned: bool = row.try_get(2).map_err(get)?;
         role = row.try_get(3).map_err(get)?;
+        let table = usize::try_from(index - 1)
+            .ok()
+            .and_then(|i| tables.get(i))
+            .map_or_else(String::new, |t| t.source.readable());
         if !owned {
             foreign.push(format!("{table} (owner {owner})"));
         }
@@ -683,5 +688,65 @@ mod tests {
         assert!(sql.contains("'public.\"Usage Events\" moved to billing_new.usage_events by walshift migration m''1'"), "{sql}");
         assert!(sql.contains("enable always trigger \"walshift_fence\""), "{sql}");
         assert!(sql.contains("attempt 7"), "{sql}");
+    }
+
+    #[test]
+    fn owner_function_sql_bakes_in_the_tables_and_grants_only_walshift() {
+        let tables = vec![
+            FencedTable {
+                source: QualifiedName::new("public", "Usage Events"),
+                target: QualifiedName::new("billing_new", "usage_events"),
+            },
+            FencedTable {
+                source: QualifiedName::new("billing", "invoices"),
+                target: QualifiedName::new("billing_new", "invoices"),
+            },
+        ];
+        let sql = owner_function_sql("m1", &tables, &Ident::new("walshift"));
+        // One function per schema, each locking only its own tables.
+        for (schema, table) in [("public", "\"Usage Events\""), ("billing", "\"invoices\"")] {
+            let function = format!("\"{schema}\".\"walshift_fence_m1\"");
+            assert!(sql.contains(&format!("create or replace function {function}(action text, attempt bigint) returns void language plpgsql security definer set search_path = pg_catalog, pg_temp")), "{sql}");
+            assert!(
+                sql.contains(&format!("lock table \"{schema}\".{table} in exclusive mode;")),
+                "{sql}"
+            );
+            assert!(
+                sql.contains(&format!(
+                    "revoke all on function {function}(text, bigint) from public;"
+                )),
+                "{sql}"
+            );
+            assert!(
+                sql.contains(&format!(
+                    "grant execute on function {function}(text, bigint) to \"walshift\";"
+                )),
+                "{sql}"
+            );
+            assert!(
+                sql.contains(&format!(
+                    "create or replace function \"{schema}\".\"walshift_fence_reject\"()"
+                )),
+                "{sql}"
+            );
+        }
+        assert!(!sql.contains("lock table \"public\".\"Usage Events\", \"billing\""), "{sql}");
+        assert!(sql.contains("enable always trigger \"walshift_fence\""), "{sql}");
+        assert!(sql.contains("raise exception 'unknown action %', action;"), "{sql}");
+    }
+
+    #[test]
+    fn dollar_tags_avoid_the_body() {
+        assert_eq!(dollar_tag("select 1"), "$walshift$");
+        assert_eq!(dollar_tag("a $walshift$ b"), "$walshift1$");
+        assert_eq!(dollar_tag("$walshift$ $walshift1$"), "$walshift2$");
+    }
+
+    #[test]
+    fn owner_functions_are_named_per_migration_and_schema() {
+        assert_eq!(
+            owner_function(&Ident::new("Billing"), "billing_v2"),
+            "\"Billing\".\"walshift_fence_billing_v2\""
+        );
     }
 }

@@ -88,10 +88,17 @@ pub async fn connect(
             tracing::debug!(error = %error, "sql connection ended");
         }
     });
+    // A session of ours that the network cut off (see ReplyWatchdog) may
+    // sit in an open transaction on the server, holding locks the next
+    // session needs, until TCP gives up (hours): the server ends it after
+    // twice the receive timeout instead. walshift never leaves a
+    // transaction idle that long on purpose (the fence sets its own limit).
     let set = format!(
-        "set statement_timeout = {}; set lock_timeout = {}",
+        "set statement_timeout = {}; set lock_timeout = {}; \
+         set idle_in_transaction_session_timeout = {}",
         limits.statement_timeout.as_millis(),
-        limits.lock_timeout.as_millis()
+        limits.lock_timeout.as_millis(),
+        (receive_timeout * 2).as_millis()
     );
     client
         .batch_execute(&set)

@@ -97,6 +97,11 @@ pub enum ReaderError {
 }
 
 impl ReaderError {
+    /// Whether the stream went silent for the receive timeout.
+    pub fn is_receive_timeout(&self) -> bool {
+        matches!(self, ReaderError::Stream(e) if e.is_receive_timeout())
+    }
+
     /// Whether reconnecting can help.
     pub fn is_transient(&self) -> bool {
         matches!(self, ReaderError::Stream(e) if e.is_transient())
@@ -250,6 +255,7 @@ impl Reader {
             if !self.chunk.is_empty() && self.chunk.len() < CHUNK_MAX_ITEMS {
                 if let Ok(filled) = tokio::time::timeout(Duration::ZERO, self.stream.fill()).await {
                     filled?;
+                    self.heard();
                     continue;
                 }
             }
@@ -261,7 +267,10 @@ impl Reader {
             self.stream.send_status_if_advanced().await?;
             let status_at = self.stream.next_status_at();
             tokio::select! {
-                filled = self.stream.fill() => filled?,
+                filled = self.stream.fill() => {
+                    filled?;
+                    self.heard();
+                }
                 changed = self.durable.changed() => {
                     if changed.is_err() {
                         // The applier is gone (it failed); its error is the story.
@@ -285,6 +294,13 @@ impl Reader {
             "stopped: reported the final durable position to the slot"
         );
         Ok(stats)
+    }
+
+    /// Bytes arrived from the server: the source's signals are fresh.
+    fn heard(&self) {
+        if let Some(lag) = &self.lag {
+            lag.heard();
+        }
     }
 
     /// Reports the durable position (or the idle keepalive position).

@@ -86,6 +86,12 @@ impl StreamError {
         }
     }
 
+    /// Whether the connection went silent ([`StreamError::ReceiveTimeout`]):
+    /// its walsender may not know yet and still hold the slot.
+    pub fn is_receive_timeout(&self) -> bool {
+        matches!(self, StreamError::ReceiveTimeout(_))
+    }
+
     /// Whether the server could not be reached at all (connect refused or
     /// timed out), as opposed to a connection the server ended.
     pub fn is_unreachable(&self) -> bool {
@@ -155,6 +161,11 @@ impl LogicalStream {
             last_received: Instant::now(),
             pinged: false,
         })
+    }
+
+    /// The walsender process serving this stream.
+    pub fn backend_pid(&self) -> Option<i32> {
+        self.conn.backend_pid()
     }
 
     /// Decodes the next event from already-received bytes; `None` when the

@@ -53,6 +53,11 @@ pub const CLOSE_LINGER: Duration = Duration::from_secs(10);
 /// as far as the largest single message needs.
 const READ_CHUNK_BYTES: usize = 128 * 1024;
 
+/// A read buffer with more room than this after a frame was taken out of it
+/// was grown by a large frame, and is replaced by a normal one (see
+/// [`ReplicationConnection::next_buffered_frame`]).
+const LARGE_BUFFER_BYTES: usize = 8 * READ_CHUNK_BYTES;
+
 /// Longest backend message accepted, as its length field counts it (the
 /// body plus the 4 length bytes). The server builds each message, XLogData
 /// header included, in a `StringInfo`, which cannot exceed 1 GiB
@@ -297,6 +302,7 @@ pub struct ReplicationConnection {
     read_buf: BytesMut,
     write_buf: BytesMut,
     server_version: Option<String>,
+    backend_pid: Option<i32>,
 }
 
 impl fmt::Debug for ReplicationConnection {
@@ -329,6 +335,7 @@ impl ReplicationConnection {
             read_buf: BytesMut::with_capacity(READ_CHUNK_BYTES),
             write_buf: BytesMut::with_capacity(1024),
             server_version: None,
+            backend_pid: None,
         };
         conn.startup(info).await?;
         Ok(conn)
@@ -418,7 +425,8 @@ impl ReplicationConnection {
                         self.server_version = p.value().ok().map(str::to_owned);
                     }
                 }
-                backend::Message::BackendKeyData(_) | backend::Message::NoticeResponse(_) => {}
+                backend::Message::BackendKeyData(key) => self.backend_pid = Some(key.process_id()),
+                backend::Message::NoticeResponse(_) => {}
                 backend::Message::ErrorResponse(body) => {
                     return Err(WireError::Server(Box::new(ServerError::from_body(&body))));
                 }
@@ -603,7 +611,18 @@ impl ReplicationConnection {
     /// Parses the next CopyBoth frame out of bytes already read, without I/O.
     /// `Ok(None)` means more bytes are needed: call [`Self::fill`].
     pub fn next_buffered_frame(&mut self) -> Result<Option<CopyFrame>, WireError> {
-        parse_copy_both_frame(&mut self.read_buf)
+        let frame = parse_copy_both_frame(&mut self.read_buf)?;
+        // A large frame grew the buffer, and the frame's values keep that
+        // allocation alive until they are applied. The buffer itself must
+        // not hold on to it: reading on into its spare room would keep it
+        // (and its resident pages) for the connection's life, so what follows
+        // the frame moves to a buffer of the normal size.
+        if frame.is_some() && self.read_buf.capacity() > LARGE_BUFFER_BYTES {
+            let rest = std::mem::take(&mut self.read_buf);
+            self.read_buf = BytesMut::with_capacity(READ_CHUNK_BYTES.max(rest.len()));
+            self.read_buf.extend_from_slice(&rest);
+        }
+        Ok(frame)
     }
 
     /// Reads more bytes from the socket into the buffer. Cancel-safe.
@@ -625,6 +644,12 @@ impl ReplicationConnection {
         self.flush_writes().await
     }
 
+    /// The server process serving this connection (the walsender), from
+    /// `BackendKeyData`.
+    pub fn backend_pid(&self) -> Option<i32> {
+        self.backend_pid
+    }
+
     /// Ends CopyBoth mode from our side, waits (at most [`CLOSE_LINGER`])
     /// until the server has left it too, then closes the connection.
     ///
@@ -638,7 +663,9 @@ impl ReplicationConnection {
         self.flush_writes().await?;
         let left_copy = tokio::time::timeout(CLOSE_LINGER, self.read_until_ready()).await;
         if !matches!(left_copy, Ok(Ok(()))) {
-            tracing::debug!("the server did not end the replication stream in time; closing anyway");
+            tracing::debug!(
+                "the server did not end the replication stream in time; closing anyway"
+            );
         }
         frontend::terminate(&mut self.write_buf);
         self.flush_writes().await.ok();

@@ -4,6 +4,7 @@
 //!
 //! | table | written | by |
 //! |---|---|---|
+//! | `schema_migrations` | `setup`; `run` (also `verify`, `backfill`) upgrading an older schema in place | [`schema`] |
 //! | `migrations` | `setup` | [`schema`] |
 //! | `progress` | every apply commit, same transaction as its rows | [`progress`] |
 //! | `backfill` | every backfill chunk, same transaction as its rows | [`backfill`] |
@@ -13,7 +14,8 @@
 //! | `controller`, `audit`, `commands` | the cutover controller's decisions, its audit trail, operator commands | [`controller`] |
 //!
 //! The schema itself is created and upgraded by [`schema`] from the
-//! append-only files under `sql/`.
+//! append-only files under `sql/`; every command first checks its recorded
+//! version and checksums ([`schema::check`]).
 
 pub mod backfill;
 pub mod controller;

@@ -259,8 +259,8 @@ pub async fn check(client: &impl GenericClient) -> Result<Recorded, SchemaError>
         if recorded_checksum.is_none() {
             recorded.unchecked.push(version);
         }
-        let differs = recorded_name != m.name
-            || recorded_checksum.as_ref().is_some_and(|c| *c != checksum);
+        let differs =
+            recorded_name != m.name || recorded_checksum.as_ref().is_some_and(|c| *c != checksum);
         if differs {
             mismatches.push(Mismatch {
                 version,

@@ -149,16 +149,27 @@ pub fn describe(e: &redis::RedisError) -> String {
     e.to_string()
 }
 
-/// The rustls error behind `e`, if the TLS handshake failed.
+/// The rustls error behind `e`, if the TLS handshake failed. The redis
+/// crate keeps the cause as an `Arc<dyn Error>` around the `io::Error` that
+/// tokio-rustls wraps the rustls error in (and `io::Error::source` skips
+/// it), so each layer is unwrapped by type.
 fn rustls_error(e: &redis::RedisError) -> Option<&rustls::Error> {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
-    while let Some(cause) = source {
+    type Shared = std::sync::Arc<dyn std::error::Error + Send + Sync>;
+    fn unwrap<'a>(cause: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
         if let Some(tls) = cause.downcast_ref::<rustls::Error>() {
             return Some(tls);
         }
-        if let Some(io) = cause.downcast_ref::<std::io::Error>()
-            && let Some(tls) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>())
-        {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            return io.get_ref().and_then(|inner| unwrap(inner));
+        }
+        if let Some(shared) = cause.downcast_ref::<Shared>() {
+            return unwrap(shared.as_ref());
+        }
+        None
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(cause) = source {
+        if let Some(tls) = unwrap(cause) {
             return Some(tls);
         }
         source = cause.source();

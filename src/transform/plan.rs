@@ -691,7 +691,8 @@ mod tests {
         let plan = plan_with(vec![out("id", &[0]), out("both", &[1, 2])], None);
         let err = plan.untouched_outputs(&[false, true, false]).unwrap_err();
         assert_eq!(err.source_column, "doc");
-        assert_eq!(err.target, "new.t.both");
+        // `both` is a keyword: quoted, so the name reads back as SQL.
+        assert_eq!(err.target, "new.t.\"both\"");
         assert!(err.to_string().contains("REPLICA IDENTITY FULL"));
         let plan = plan_with(
             vec![out("id", &[0])],

@@ -1525,10 +1525,11 @@ impl Config {
     }
 }
 
+/// The CA file and the client certificate and key files of `[redis]`.
+type RedisTlsFiles = (Option<PathBuf>, Option<(PathBuf, PathBuf)>);
+
 /// `[redis] tls_*`: only with a `rediss://` URL; certificate and key together.
-fn validate_redis_tls(
-    redis: &RedisConfig,
-) -> Result<(Option<PathBuf>, Option<(PathBuf, PathBuf)>), ConfigError> {
+fn validate_redis_tls(redis: &RedisConfig) -> Result<RedisTlsFiles, ConfigError> {
     let tls = redis.url.as_ref().is_some_and(|u| u.expose().trim().starts_with("rediss://"));
     if redis.url.as_ref().is_some_and(|u| tls && u.expose().trim().ends_with("#insecure")) {
         return Err(ConfigError::invalid(

@@ -558,6 +558,12 @@ async fn redis_outage_holds_then_republishes() {
         })
         .await;
     assert!(restarted.elapsed() <= Duration::from_secs(5));
+    crate::faults::report(
+        "Redis unreachable for a while (stopped, restarted empty)",
+        "shifting reads",
+        "held, then republished",
+        Some(restarted.elapsed().as_secs_f64()),
+    );
     assert!(republished["version"].as_i64().unwrap() > before, "{republished}");
     assert_eq!(read_new(&republished), 10, "{republished}");
     let history = ws.run_ok(&["history"]).await;
@@ -632,11 +638,18 @@ async fn kill9_in_each_state_resumes_it() {
     let restart_and_check = async |run: RunProcess, state: &str, percent: i64| -> RunProcess {
         let last = sub.decisions().last().unwrap().1["version"].as_i64().unwrap();
         run.kill9().await;
+        let killed = Instant::now();
         let run = ws.spawn_run();
         let (_, first) = wait_decision(&sub, "the restarted leader's decision", WAIT, |d| {
             d["version"].as_i64().unwrap() > last
         })
         .await;
+        crate::faults::report(
+            "walshift kill -9",
+            &format!("controller {state} at {percent} % new"),
+            &format!("resumed {state}"),
+            Some(killed.elapsed().as_secs_f64()),
+        );
         assert_eq!(
             (first["state"].as_str().unwrap(), read_new(&first)),
             (state, percent),

@@ -554,6 +554,7 @@ async fn kill9_at_each_step_ends_the_cutover_by_itself() {
         let cutover = ws.spawn(&["cutover"]);
         wait_held(&held, step).await;
         held.kill9().await;
+        let killed = Instant::now();
         std::fs::remove_file(&file).unwrap();
         run = ws.spawn_run();
         let forward = step == "committed";
@@ -573,6 +574,16 @@ async fn kill9_at_each_step_ends_the_cutover_by_itself() {
         let d = found.unwrap_or_else(|_| {
             panic!("no recovery after kill -9 before {step}; log:\n{}", run.stderr())
         });
+        crate::faults::report(
+            "walshift kill -9",
+            &if forward {
+                "write cutover, after the commit".to_owned()
+            } else {
+                format!("write cutover, before step {step}")
+            },
+            if forward { "recovered forward (write new)" } else { "recovered back (write old)" },
+            Some(killed.elapsed().as_secs_f64()),
+        );
         let mut cutover = cutover;
         let exited = tokio::time::timeout(Duration::from_secs(20), async {
             while !cutover.has_exited() {

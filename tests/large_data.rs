@@ -425,7 +425,7 @@ fn wide_column(i: usize) -> (&'static str, String) {
         6 => ("bytea", format!("decode(md5(g::text || '{i}'), 'hex')")),
         7 => ("uuid", format!("md5(g::text || 'u{i}')::uuid")),
         8 => ("int[]", format!("array[g, {i}, null, -g]")),
-        9 => ("text[]", format!("array['a,b', 'NULL', null, '\"' || g, '{{}}', '']")),
+        9 => ("text[]", "array['a,b', 'NULL', null, '\"' || g, '{}', '']".to_owned()),
         10 => ("float8", format!("g / 3.0::float8 * {i}")),
         _ => ("date", format!("date '2024-01-01' + g * {i}")),
     };

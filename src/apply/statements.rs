@@ -437,6 +437,25 @@ mod tests {
     }
 
     #[test]
+    fn large_stream_rows_are_staged_as_uncompressed_text() {
+        let p = plan(false);
+        assert_eq!(
+            text_stage_table(&p),
+            "create temp table if not exists pg_temp.\"walshift_stream_stage_0\" (c0 text, c1 \
+             text) on commit delete rows; alter table pg_temp.\"walshift_stream_stage_0\" alter \
+             column c0 set storage external, alter column c1 set storage external"
+        );
+        let sql = upsert_with(&p, &RowSource::Stage { table: &text_stage_name(&p), binary: &[] });
+        assert!(
+            sql.starts_with(
+                "with s as (select u.c0::bigint as \"id\", u.c1::text as \"email\" from \
+                 pg_temp.\"walshift_stream_stage_0\" as u) insert into"
+            ),
+            "{sql}"
+        );
+    }
+
+    #[test]
     fn names_are_quoted() {
         let mut p = plan(false);
         p.target = QualifiedName::new("new", "x\"; drop table y; --");

@@ -724,3 +724,53 @@ impl Writer {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::{BufMut, Bytes, BytesMut};
+
+    use super::*;
+
+    /// The binary `COPY` data of `rows` built in one buffer.
+    fn whole(rows: &[&[Datum]]) -> Vec<u8> {
+        let mut buf = BytesMut::new();
+        buf.put_slice(b"PGCOPY\n\xff\r\n\0");
+        buf.put_i32(0);
+        buf.put_i32(0);
+        for row in rows {
+            buf.put_i16(row.len() as i16);
+            for value in row.iter() {
+                match value {
+                    Datum::Text(b) | Datum::Binary(b) => {
+                        buf.put_i32(b.len() as i32);
+                        buf.put_slice(b);
+                    }
+                    Datum::Null | Datum::UnchangedToast => buf.put_i32(-1),
+                }
+            }
+        }
+        buf.put_i16(-1);
+        buf.to_vec()
+    }
+
+    #[test]
+    fn copy_pieces_are_bounded_and_slice_large_values() {
+        let large = Bytes::from(vec![7u8; 3 * COPY_PIECE_BYTES + 5]);
+        let small: Vec<Vec<Datum>> = (0..20_000)
+            .map(|i| vec![Datum::Text(Bytes::from(format!("{i}"))), Datum::Null])
+            .collect();
+        let mut rows: Vec<&[Datum]> = small.iter().map(Vec::as_slice).collect();
+        let big_row = vec![Datum::Text(Bytes::from_static(b"k")), Datum::Binary(large.clone())];
+        rows.insert(100, &big_row);
+        let pieces: Vec<Bytes> = CopyPieces::new(&rows).collect();
+        assert!(pieces.iter().all(|p| p.len() <= COPY_PIECE_BYTES + 64));
+        assert_eq!(pieces.concat(), whole(&rows));
+        // The large value went out as slices of its own bytes.
+        let inside = |p: &Bytes| {
+            let range = large.as_ptr() as usize..large.as_ptr() as usize + large.len();
+            range.contains(&(p.as_ptr() as usize))
+        };
+        assert_eq!(pieces.iter().filter(|p| inside(p)).count(), 4);
+        assert_eq!(CopyPieces::new(&[]).collect::<Vec<_>>().concat(), whole(&[]));
+    }
+}

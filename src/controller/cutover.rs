@@ -160,12 +160,12 @@ impl Controller {
     /// Why walshift's role could not fence the old tables, if it could not
     /// (the error names the tables, their owner and the fix).
     async fn fence_not_permitted(&self) -> Option<String> {
-        let source =
-            match client::connect(&self.cfg.source.url, "cutover", SessionLimits::ADMIN).await {
-                Ok(source) => source,
-                // The fence step reports a source it cannot reach.
-                Err(_) => return None,
-            };
+        // The fence step reports a source it cannot reach.
+        let Ok(source) =
+            client::connect(&self.cfg.source.url, "cutover", SessionLimits::ADMIN).await
+        else {
+            return None;
+        };
         match fence::mode(&source, &self.cfg.migration_name, &self.config_fenced_tables()).await {
             Err(e @ fence::FenceError::NotPermitted { .. }) => Some(e.to_string()),
             _ => None,

@@ -80,7 +80,7 @@ pub enum FenceMode {
 }
 
 /// The owner's fence function of `migration` in `schema`, as SQL
-/// (`"public".walshift_fence_billing_v2`).
+/// (`"public"."walshift_fence_billing_v2"`).
 pub fn owner_function(schema: &Ident, migration: &str) -> String {
     format!("{schema}.{}", Ident::new(format!("walshift_fence_{migration}")))
 }

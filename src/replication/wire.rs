@@ -737,6 +737,9 @@ pub fn parse_copy_both_frame(buf: &mut BytesMut) -> Result<Option<CopyFrame>, Wi
                 return Ok(Some(CopyFrame::Data(frame.freeze())));
             }
             backend::COPY_DONE_TAG => return Ok(Some(CopyFrame::Done)),
+            // A walsender stopping for a server shutdown ends the stream
+            // with CommandComplete and no CopyDone (`WalSndDone`).
+            backend::COMMAND_COMPLETE_TAG => return Ok(Some(CopyFrame::Done)),
             // Notices and parameter changes can arrive at any time.
             backend::NOTICE_RESPONSE_TAG | backend::PARAMETER_STATUS_TAG => continue,
             backend::ERROR_RESPONSE_TAG => {
@@ -849,6 +852,17 @@ mod tests {
         assert!(matches!(parse_copy_both_frame(&mut buf).unwrap(), Some(CopyFrame::Done)));
         assert!(parse_copy_both_frame(&mut buf).unwrap().is_none());
         assert!(buf.is_empty());
+    }
+
+    /// A source shut down with `-m fast` ends the stream this way; it was
+    /// taken for a protocol violation and stopped `run` for good.
+    #[test]
+    fn command_complete_without_copy_done_ends_the_stream() {
+        let mut bytes = frame(b'd', b"k");
+        bytes.extend(frame(b'C', b"COPY 0\0"));
+        let mut buf = BytesMut::from(&bytes[..]);
+        assert!(matches!(parse_copy_both_frame(&mut buf).unwrap(), Some(CopyFrame::Data(_))));
+        assert!(matches!(parse_copy_both_frame(&mut buf).unwrap(), Some(CopyFrame::Done)));
     }
 
     #[test]

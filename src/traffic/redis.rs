@@ -395,3 +395,39 @@ impl TrafficRedis {
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pg::secret::Secret;
+
+    fn settings(url: &str, ca: Option<&Path>) -> RedisSettings {
+        RedisSettings {
+            url: Some(Secret::new(url)),
+            key_prefix: "p:".into(),
+            tls_ca_file: ca.map(Path::to_path_buf),
+            tls_client: None,
+        }
+    }
+
+    #[test]
+    fn tls_files_are_checked_before_connecting_and_errors_hide_the_password() {
+        let url = "rediss://walshift:hunter2@localhost:6380/0";
+        // The system's trust store when no CA is given: no connection yet.
+        assert!(client(&settings(url, None)).is_ok());
+        let missing = client(&settings(url, Some(Path::new("/nonexistent/ca.pem")))).unwrap_err();
+        let text = missing.to_string();
+        assert!(text.starts_with("redis.tls_ca_file: cannot use /nonexistent/ca.pem: "), "{text}");
+        let dir = std::env::temp_dir().join(format!("walshift-redis-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let not_pem = dir.join("ca.pem");
+        std::fs::write(&not_pem, "hunter2 is not a certificate").unwrap();
+        let text = client(&settings(url, Some(&not_pem))).unwrap_err().to_string();
+        assert!(text.contains("no certificate in it (expected PEM)"), "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
+        std::fs::remove_dir_all(&dir).ok();
+        let text = client(&settings("redis://:hunter2@/x", None)).unwrap_err().to_string();
+        assert!(text.starts_with("redis.url: invalid Redis URL"), "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
+    }
+}

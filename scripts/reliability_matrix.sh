@@ -7,13 +7,19 @@
 # `fault-matrix | fault | phase | outcome | seconds`. The table between the
 # markers in docs/reliability.md is replaced with those lines, sorted, plus the
 # date and machine. A failing test fails this script and leaves the doc alone.
+#   bash scripts/reliability_matrix.sh --from FILE
+# renders FILE instead, the lines a whole-suite run with WALSHIFT_FAULT_MATRIX=FILE
+# wrote.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-out=$(mktemp)
-trap 'rm -f "$out"' EXIT
-for filter in faults:: controller::kill9 controller::redis_outage cutover::kill9; do
-    WALSHIFT_FAULT_MATRIX=$out bash scripts/test.sh --test main "$filter"
-done
+if [[ ${1:-} == --from ]]; then
+    out=$2
+else
+    out=$(mktemp)
+    trap 'rm -f "$out"' EXIT
+    WALSHIFT_FAULT_MATRIX=$out bash scripts/test.sh --test main -- \
+        faults:: controller::kill9 controller::redis_outage cutover::kill9
+fi
 python3 - "$out" docs/reliability.md <<'PY'
 import datetime, platform, os, sys
 lines = [l.strip() for l in open(sys.argv[1]) if l.startswith("fault-matrix |")]

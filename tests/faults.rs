@@ -112,7 +112,7 @@ impl Workload {
                                 ));
                             }
                             4..=6 => {
-                                sql.push_str(&format!("update t set v = v + 1 where id = {id};"))
+                                sql.push_str(&format!("update t set v = v + 1 where id = {id};"));
                             }
                             7 => sql.push_str(&format!(
                                 "update t set pad = (select string_agg(md5(random()::text), '') \

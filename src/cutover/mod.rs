@@ -1,5 +1,5 @@
 //! The write cutover's mechanisms; the controller runs the steps
-//! ([`crate::controller::cutover`]). The order of the steps and why a crash
+//! (`controller::cutover`). The order of the steps and why a crash
 //! between any two of them is never half done are in `docs/cutover.md`
 //! ("Write cutover"):
 //!

@@ -303,6 +303,8 @@ pub struct ReplicationConnection {
     write_buf: BytesMut,
     server_version: Option<String>,
     backend_pid: Option<i32>,
+    /// Whether the connection is in CopyBoth mode (streaming).
+    streaming: bool,
 }
 
 impl fmt::Debug for ReplicationConnection {
@@ -336,6 +338,7 @@ impl ReplicationConnection {
             write_buf: BytesMut::with_capacity(1024),
             server_version: None,
             backend_pid: None,
+            streaming: false,
         };
         conn.startup(info).await?;
         Ok(conn)
@@ -581,7 +584,10 @@ impl ReplicationConnection {
         loop {
             let (tag, frame) = self.read_frame().await?;
             match tag {
-                b'W' => return Ok(()),
+                b'W' => {
+                    self.streaming = true;
+                    return Ok(());
+                }
                 b'N' => {}
                 _ => {
                     let mut buf = BytesMut::from(&frame[..]);
@@ -659,13 +665,15 @@ impl ReplicationConnection {
     /// answer its next segment with a reset, and a reset discards whatever
     /// the walsender had not read yet, our last status update included.
     pub async fn close(mut self) -> Result<(), WireError> {
-        frontend::copy_done(&mut self.write_buf);
-        self.flush_writes().await?;
-        let left_copy = tokio::time::timeout(CLOSE_LINGER, self.read_until_ready()).await;
-        if !matches!(left_copy, Ok(Ok(()))) {
-            tracing::debug!(
-                "the server did not end the replication stream in time; closing anyway"
-            );
+        if self.streaming {
+            frontend::copy_done(&mut self.write_buf);
+            self.flush_writes().await?;
+            let left_copy = tokio::time::timeout(CLOSE_LINGER, self.read_until_ready()).await;
+            if !matches!(left_copy, Ok(Ok(()))) {
+                tracing::debug!(
+                    "the server did not end the replication stream in time; closing anyway"
+                );
+            }
         }
         frontend::terminate(&mut self.write_buf);
         self.flush_writes().await.ok();

@@ -2181,6 +2181,8 @@ target = "shadow.a"
             ),
             (|c| c.source.status_interval_ms = 0, "source.status_interval_ms: must be > 0"),
             (|c| c.source.connect_timeout_ms = Some(0), "source.connect_timeout_ms: must be > 0"),
+            (|c| c.source.receive_timeout_ms = 0, "source.receive_timeout_ms: must be > 0"),
+            (|c| c.target.receive_timeout_ms = 0, "target.receive_timeout_ms: must be > 0"),
             (
                 |c| c.source.reconnect_max_backoff_ms = 0,
                 "source.reconnect_max_backoff_ms: must be > 0",

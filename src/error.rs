@@ -57,8 +57,9 @@ pub enum Error {
         "replication slot {slot} {what}; walshift had applied the source's changes through \
          {applied}, and the source no longer keeps what came after, so the shadow tables \
          cannot be brought up to date from it (nothing was changed). Start the migration \
-         over, which copies every row again (re-backfill): `walshift teardown --yes`, then \
-         `walshift setup` and `walshift run`"
+         over, which copies every row again (re-backfill): `walshift teardown --yes`, empty \
+         the shadow tables, then `walshift setup` and `walshift run` (docs/operations.md, \
+         \"Recovering from a lost slot\")"
     )]
     HistoryLost {
         /// The slot.

@@ -119,8 +119,8 @@ CONNINFO = [
     "hostaddr=::1 port=5433 sslmode=require application_name=walshift:reader",
     "host=a,b port=1,2",
     "dbname=x options='-c search_path=public' keepalives=1",
-    "user=u\0PGHOST=db.internal\nPGPORT=6543\nPGSSLMODE=verify-ca\nPGPASSWORD=hunter2",
-    "\0PGHOSTADDR=127.0.0.1\nPGCONNECT_TIMEOUT=1\nUSER=me\nPGAPPNAME=fuzz",
+    b"user=u\xffPGHOST=db.internal\nPGPORT=6543\nPGSSLMODE=verify-ca\nPGPASSWORD=hunter2",
+    b"\xffPGHOSTADDR=127.0.0.1\nPGCONNECT_TIMEOUT=1\nUSER=me\nPGAPPNAME=fuzz",
 ]
 
 
@@ -152,6 +152,8 @@ def config():
     write("config", "minimal-interpolated.toml", MINIMAL)
     write("config", "bad-interpolation.toml", MINIMAL.replace("${HOST}", "${HOST"))
     write("config", "bad-type.toml", MINIMAL + "[apply]\nbatch_max_rows = \"many\"\n")
+    # Nesting: the interpolation and key-path walks recurse over the tree.
+    write("config", "deep.toml", "a = " + "[" * 200 + "]" * 200 + "\n" + "b." * 200 + "c = 1\n")
 
 
 def main():

@@ -13,10 +13,11 @@
 #   -rss_limit_mb=2048    the process's resident size
 #   -malloc_limit_mb=512  any single allocation
 #
-# Prints a table per target (seconds, executions, exec/s, corpus size, peak
-# RSS). Exits 1 if any target found a crash (panic, overflow, over-limit
-# allocation, timeout) and prints where libFuzzer wrote the input; replay
-# one with `cargo +nightly fuzz run <target> <artifact>`.
+# Prints a table per target (seconds, executions, exec/s, corpus units/size
+# at the end, files in the corpus directory, peak RSS). Exits 1 if any
+# target found a crash (panic, overflow, over-limit allocation, timeout) and
+# prints where libFuzzer wrote the input; replay one with
+# `cargo +nightly fuzz run <target> <artifact>`.
 #
 # Not part of CI: .ci/run and the root build stay on stable. See
 # docs/fuzzing.md.
@@ -78,27 +79,27 @@ for target in "${targets[@]}"; do
     log=$logs/$target.log
     echo "fuzzing $target for ${seconds}s (corpus $corpus, log $log)"
     status=0
-    # -jobs=1 runs one worker that logs to fuzz-0.log in the working
-    # directory; run from the log directory and collect it afterwards.
+    # -jobs=1 runs one worker that writes fuzz-0.log into the working
+    # directory (the driver prints it when the job ends): run from the log
+    # directory so that file does not land in the checkout.
     (
         cd "$logs"
         cargo +nightly fuzz run --fuzz-dir ../.. "$target" "../../corpus/$target" -- \
             -jobs=1 -workers=1 \
             -max_total_time="$seconds" -timeout=10 \
             -rss_limit_mb=2048 -malloc_limit_mb=512 \
-            -artifact_prefix="../../artifacts/$target/" \
             -print_final_stats=1
-    ) >"$log.driver" 2>&1 || status=$?
-    cat "$logs/fuzz-0.log" >"$log" 2>/dev/null || true
+    ) >"$log" 2>&1 || status=$?
     rm -f "$logs/fuzz-0.log"
-    cat "$log.driver" >>"$log"
 
     stat() { sed -n "s/^stat::$1: *//p" "$log" | tail -1; }
     execs=$(stat number_of_executed_units)
     rate=$(stat average_exec_per_sec)
     rss=$(stat peak_rss_mb)
+    # libFuzzer's working set at the end ("corp: units/size"), and what the
+    # corpus directory holds (it only grows; `cargo fuzz cmin` shrinks it).
+    units=$(grep -oE 'corp: [0-9]+/[0-9.]+[a-zA-Z]*' "$log" | tail -1 | cut -d' ' -f2)
     files=$(find "$corpus" -type f | wc -l)
-    bytes=$(du -sb "$corpus" | cut -f1)
     new_artifacts=$(find "$artifacts" -type f -newer "$marker" | sort)
     rm -f "$marker"
     if ((status != 0)) || [[ -n $new_artifacts ]]; then
@@ -109,12 +110,12 @@ for target in "${targets[@]}"; do
             echo "  artifact: $artifact (replay: cargo +nightly fuzz run $target $artifact)" >&2
         done
     fi
-    summary+=("$(printf '%-18s %6ss %12s %8s %6s files %9s bytes %6s MB' \
-        "$target" "$seconds" "${execs:-?}" "${rate:-?}/s" "$files" "$bytes" "${rss:-?}")")
+    summary+=("$(printf '%-18s %4ss %12s %9s %14s %12s %6s MB' \
+        "$target" "$seconds" "${execs:-?}" "${rate:-?}" "${units:-?}" "$files" "${rss:-?}")")
 done
 
 echo
-printf '%-18s %7s %12s %10s %12s %15s %9s\n' target time execs rate corpus "" peak_rss
+printf '%-18s %5s %12s %9s %14s %12s %9s\n' target time execs exec/s corpus_units corpus_files peak_rss
 printf '%s\n' "${summary[@]}"
 if ((${#failed[@]})); then
     echo "crashes in: ${failed[*]} (inputs under fuzz/artifacts/)" >&2

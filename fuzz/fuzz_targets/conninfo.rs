@@ -1,10 +1,11 @@
 //! libpq connection strings (URL and key/value forms) with an injected
 //! environment.
 //!
-//! Input: the connection string, then optionally a NUL byte and
-//! `NAME=value` lines that make up the environment (`PGHOST`, `PGPORT`,
-//! `USER`, ...), so the `PG*` fallbacks are fuzzed too without reading the
-//! process environment.
+//! Input: the connection string (UTF-8), then optionally a 0xFF byte (which
+//! UTF-8 never contains) and `NAME=value` lines that make up the
+//! environment (`PGHOST`, `PGPORT`, `USER`, ...), so the `PG*` fallbacks are
+//! fuzzed too without reading the process environment. Values with a NUL
+//! are dropped, as no real environment can hold one.
 //!
 //! Checks, beyond "never panics":
 //! - `Display`/`Debug` of a parsed `ConnInfo` do not depend on the password;
@@ -20,12 +21,19 @@ use walshift::pg::conninfo::{ConnInfo, MAX_APPLICATION_NAME_BYTES};
 use walshift::pg::secret::Secret;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else {
+    let (input, env_text) = match data.iter().position(|&b| b == 0xff) {
+        Some(at) => (&data[..at], &data[at + 1..]),
+        None => (data, &[][..]),
+    };
+    let (Ok(input), Ok(env_text)) = (std::str::from_utf8(input), std::str::from_utf8(env_text))
+    else {
         return;
     };
-    let (input, env_text) = text.split_once('\0').unwrap_or((text, ""));
-    let vars: Vec<(&str, &str)> =
-        env_text.lines().filter_map(|line| line.split_once('=')).collect();
+    let vars: Vec<(&str, &str)> = env_text
+        .lines()
+        .filter_map(|line| line.split_once('='))
+        .filter(|(_, value)| !value.contains('\0'))
+        .collect();
     let env =
         |name: &str| vars.iter().rev().find(|(k, _)| *k == name).map(|(_, v)| (*v).to_owned());
 

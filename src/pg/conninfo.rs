@@ -441,6 +441,10 @@ pub enum ConnInfoError {
         /// Where.
         origin: Origin,
     },
+    /// A NUL character, which libpq's C strings cannot carry (the URL
+    /// form's `%00` is [`ConnInfoError::PercentEncoding`]).
+    #[error("connection string contains a NUL character")]
+    NulCharacter,
     /// Not an integer.
     #[error("invalid integer value \"{value}\" for connection option \"connect_timeout\" {origin}")]
     InvalidConnectTimeout {
@@ -487,6 +491,9 @@ impl ConnInfo {
         input: &str,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<ConnInfo, ConnInfoError> {
+        if input.contains('\0') {
+            return Err(ConnInfoError::NulCharacter);
+        }
         let trimmed = input.trim();
         let given = if let Some(rest) = strip_scheme(trimmed) {
             parse_url(trimmed, rest)?
@@ -571,7 +578,15 @@ impl fmt::Display for ConnInfo {
         f.write_str(&percent_encode(&self.user))?;
         f.write_str("@")?;
         match &self.host {
-            Host::Tcp(host) if host.contains(':') => write!(f, "[{host}]")?,
+            // Brackets only around what can be an IPv6 address (with a zone
+            // id): the parser takes a bracketed host verbatim up to the first
+            // `]`, so anything else is percent-encoded to parse back.
+            Host::Tcp(host)
+                if host.contains(':')
+                    && host.bytes().all(|b| b.is_ascii_alphanumeric() || b":.%_-".contains(&b)) =>
+            {
+                write!(f, "[{host}]")?;
+            }
             Host::Tcp(host) => f.write_str(&percent_encode(host))?,
             Host::Unix(dir) => f.write_str(&percent_encode(&dir.to_string_lossy()))?,
         }
@@ -1258,6 +1273,33 @@ mod tests {
         // The redacted form parses back to the same connection (minus password).
         let back = parse(&info.to_string());
         assert_eq!(back, info);
+    }
+
+    /// Fuzz finding (conninfo target): a host with `:` and characters an
+    /// IPv6 address cannot have was printed in brackets, and the redacted
+    /// form no longer parsed ("missing ]").
+    #[test]
+    fn redacted_form_of_odd_hosts_parses_back() {
+        for input in [
+            "host=ydsql://postgresqll:o",
+            "host=a:b]c",
+            "host=h:1@x?y#z",
+            "host=fe80::1%eth0",
+            "host=::ffff:10.0.0.1",
+        ] {
+            let info = parse(input);
+            let back = parse(&info.redacted());
+            assert_eq!(back, info, "{input}");
+        }
+        // Fuzz finding: a NUL (possible through a TOML `\u0000`) was kept in
+        // the value, and the redacted form's `%00` did not parse back.
+        for input in ["host=a\0b", "user='x\0'", "postgres://h/db?application_name=a\0"] {
+            assert_eq!(parse_err(input), ConnInfoError::NulCharacter, "{input:?}");
+        }
+        assert_eq!(
+            parse("host=a:b/c").to_string(),
+            "postgres://postgres@a%3Ab%2Fc:5432/postgres?sslmode=prefer"
+        );
     }
 
     #[test]

@@ -68,7 +68,7 @@ pub const MAX_MESSAGE_LEN: usize = (1 << 30) + 4;
 /// the whole announced length would let one header allocate up to
 /// [`MAX_MESSAGE_LEN`] before any of it arrives; beyond this, the buffer
 /// grows with [`ReplicationConnection::fill`] as data comes in.
-pub const MAX_RESERVE_AHEAD: usize = 8 * 1024 * 1024;
+pub const MAX_RESERVE_AHEAD: usize = 1024 * 1024;
 
 /// An error reported by the server in an `ErrorResponse`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -908,6 +908,29 @@ mod tests {
         let mut buf = BytesMut::from(&[b'd', max[0], max[1], max[2], max[3], b'w'][..]);
         assert!(parse_copy_both_frame(&mut buf).unwrap().is_none());
         assert!(buf.capacity() <= 2 * MAX_RESERVE_AHEAD, "reserved {} bytes", buf.capacity());
+    }
+
+    /// Fuzz finding (replication_frame target, against the reader before
+    /// the caps): a CopyData whose length covers the start of the next
+    /// frame leaves "TimeZone" text to be read as a header announcing
+    /// 0x5a6f6e65 bytes ("Zone"), and the partial frame reserved all 1.5 GB
+    /// of them (libFuzzer: malloc exceeds limit).
+    #[test]
+    fn copy_both_fuzz_oom_announced_length_is_rejected() {
+        let hex = "4e0000002b534e4f5449434500564e4f5449434500433030303030004d736c6f\
+                   7420616476616e63656400006400000032770000000002eb48f00000000002eb\
+                   48f0420000000002eb4ab0000303c2193653a90000033d530000001154696d65\
+                   5a6f6e65005554430064000000166b0000000002e0b0d244a000420000000002\
+                   eb4ab0000303c2193653a90000033d530000001154696d655a6f6e6500555443\
+                   0064000000166b0000000002eb48f00002e0b0d244a000016300000004";
+        let bytes: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect();
+        let mut buf = BytesMut::from(&bytes[..]);
+        assert!(matches!(parse_copy_both_frame(&mut buf), Ok(Some(CopyFrame::Data(_)))));
+        assert!(matches!(parse_copy_both_frame(&mut buf), Err(WireError::Malformed(_))));
+        assert!(buf.capacity() <= bytes.len(), "reserved {} bytes", buf.capacity());
     }
 
     #[test]

@@ -128,9 +128,14 @@ pub(crate) async fn wait_sessions_gone(client: &Client) {
 /// Waits until walshift confirmed (applied durably) everything written to
 /// the source so far.
 pub(crate) async fn wait_caught_up(source: &Client, slot: &str) {
+    wait_caught_up_within(source, slot, WAIT).await;
+}
+
+/// Like [`wait_caught_up`] with another timeout.
+pub(crate) async fn wait_caught_up_within(source: &Client, slot: &str, timeout: Duration) {
     let lsn: String =
         source.query_one("select pg_current_wal_lsn()::text", &[]).await.unwrap().get(0);
-    wait_until(&format!("slot {slot} confirms {lsn}"), WAIT, async || {
+    wait_until(&format!("slot {slot} confirms {lsn}"), timeout, async || {
         source
             .query_one(
                 "select confirmed_flush_lsn >= $1::text::pg_lsn from pg_replication_slots \

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 use walshift::runtime::tasks::spawn_named;
 
-use crate::backfill::{wait_caught_up, wait_progress};
+use crate::backfill::{wait_caught_up, wait_caught_up_within, wait_progress};
 use crate::support::cli::{RunProcess, Walshift};
 use crate::support::pg::{ClusterOptions, PgCluster, TestDb};
 use crate::support::shadow::assert_converges;
@@ -113,24 +113,6 @@ async fn stop(run: RunProcess) -> String {
 /// Waits until the backfill of `target_table` is complete.
 async fn wait_backfilled(client: &Client, target_table: &str, timeout: Duration) {
     wait_progress(client, target_table, "backfill complete", timeout, |p| p.complete()).await;
-}
-
-/// Like [`wait_caught_up`] with a longer timeout.
-async fn wait_caught_up_within(source: &Client, slot: &str, timeout: Duration) {
-    let lsn: String =
-        source.query_one("select pg_current_wal_lsn()::text", &[]).await.unwrap().get(0);
-    wait_until(&format!("slot {slot} confirms {lsn}"), timeout, async || {
-        source
-            .query_one(
-                "select confirmed_flush_lsn >= $1::text::pg_lsn from pg_replication_slots \
-                 where slot_name = $2",
-                &[&lsn, &slot],
-            )
-            .await
-            .unwrap()
-            .get::<_, bool>(0)
-    })
-    .await;
 }
 
 /// `count(*)` and an order-independent digest of every row's text.

@@ -176,3 +176,70 @@ impl Drop for Reaper {
         }
     }
 }
+
+/// A throwaway CA, a server certificate for `localhost`/`127.0.0.1` signed
+/// by it (`ca.crt`, `server.crt`, `server.key`), and a second CA that signed
+/// nothing (`other-ca.crt`), in `dir`; `openssl` runs in process group `group`.
+/// Shared by the TLS Postgres clusters and the TLS Redis servers.
+pub(crate) fn generate_certificates(dir: &std::path::Path, group: i32) {
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .process_group(group)
+            .args(args)
+            .output()
+            .unwrap_or_else(|err| panic!("run openssl (is it on PATH?): {err}"));
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    for (key, cert, name) in [
+        ("ca.key", "ca.crt", "walshift test Redis CA"),
+        ("other-ca.key", "other-ca.crt", "unrelated CA"),
+    ] {
+        let subject = format!("/CN={name}");
+        openssl(
+            &[
+                &["req", "-x509"][..],
+                &ec,
+                &["-keyout", key, "-out", cert, "-days", "2", "-subj", &subject],
+                &["-addext", "basicConstraints=critical,CA:TRUE"],
+                &["-addext", "keyUsage=critical,keyCertSign,cRLSign"],
+            ]
+            .concat(),
+        );
+    }
+    openssl(
+        &[
+            &["req", "-new"][..],
+            &ec,
+            &["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost"],
+        ]
+        .concat(),
+    );
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName = DNS:localhost, IP:127.0.0.1\n\
+         basicConstraints = critical, CA:FALSE\n\
+         keyUsage = critical, digitalSignature\n\
+         extendedKeyUsage = serverAuth\n",
+    )
+    .expect("write server.ext");
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+        "-out",
+        "server.crt",
+    ]);
+}

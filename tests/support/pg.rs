@@ -347,60 +347,7 @@ impl LocalServer {
 
     /// Self-signed CA + server certificate for `localhost`/`127.0.0.1`; returns the CA path.
     fn generate_certificates(&self) -> PathBuf {
-        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
-        let openssl = |args: &[&str]| {
-            let mut command = Command::new("openssl");
-            command
-                .current_dir(&self.dir)
-                .stdin(Stdio::null())
-                .process_group(self.reaper.process_group())
-                .args(args);
-            check_output("openssl", &run(&mut command));
-        };
-        openssl(
-            &[
-                &["req", "-x509"][..],
-                &ec,
-                &["-keyout", "ca.key", "-out", "ca.crt", "-days", "2"],
-                &["-subj", "/CN=walshift test CA"],
-                &["-addext", "basicConstraints=critical,CA:TRUE"],
-                &["-addext", "keyUsage=critical,keyCertSign,cRLSign"],
-            ]
-            .concat(),
-        );
-        openssl(
-            &[
-                &["req", "-new"][..],
-                &ec,
-                &["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost"],
-            ]
-            .concat(),
-        );
-        fs::write(
-            self.dir.join("server.ext"),
-            "subjectAltName = DNS:localhost, IP:127.0.0.1\n\
-             basicConstraints = critical, CA:FALSE\n\
-             keyUsage = critical, digitalSignature\n\
-             extendedKeyUsage = serverAuth\n",
-        )
-        .expect("write server.ext");
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            "server.ext",
-            "-out",
-            "server.crt",
-        ]);
+        super::generate_certificates(&self.dir, self.reaper.process_group());
         // The server refuses a key readable by others or owned by someone else.
         let key = self.dir.join("server.key");
         fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).expect("chmod server.key");
